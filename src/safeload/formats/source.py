@@ -1,0 +1,132 @@
+"""The input bytes, as one bounded buffer.
+
+Strategy: whatever the caller passes (path, PathLike, binary file object, bytes),
+safeload holds the file's bytes as one buffer: a bytearray filled by a single
+read, or a read-only / copy-on-write mmap. Every later stage asks for
+``view(offset, size)`` and gets a zero-copy memoryview that is checked to lie
+inside the buffer. Nothing is ever read twice, and nothing outside the file
+can be reached.
+"""
+
+from __future__ import annotations
+
+import io
+import mmap as _mmap
+import os
+from typing import BinaryIO, Union
+
+from ..errors import FormatError
+
+__all__ = ["FileLike", "Source"]
+
+FileLike = Union[str, "os.PathLike[str]", BinaryIO, bytes, bytearray, memoryview]
+
+
+class Source:
+    """The whole input as one buffer. Use ``Source.open``."""
+
+    def __init__(self, buffer, name: str | None, *, mapped: object = None) -> None:
+        self._buffer = memoryview(buffer).cast("B") if not isinstance(buffer, memoryview) \
+            else buffer.cast("B")
+        self.name = name
+        self.size = len(self._buffer)
+        self._mapped = mapped  # the mmap object, kept alive (and closed) here
+
+    @property
+    def is_mapped(self) -> bool:
+        return self._mapped is not None
+
+    @classmethod
+    def open(cls, f: FileLike, *, mmap: bool = False, writable_map: bool = False) -> Source:
+        """Read ``f`` once. With ``mmap=True`` map it instead (read-only, or
+        private copy-on-write with ``writable_map``), which needs a real file."""
+        if isinstance(f, (bytes, bytearray, memoryview)):
+            if mmap:
+                raise ValueError("mmap=True needs a file path or a file object with a fileno")
+            return cls(f, None)
+        if isinstance(f, (str, os.PathLike)):
+            path = os.fspath(f)
+            with open(path, "rb") as fh:
+                return cls._from_file(fh, path, mmap=mmap, writable_map=writable_map)
+        if hasattr(f, "read"):
+            name = getattr(f, "name", None)
+            name = name if isinstance(name, str) else None
+            return cls._from_file(f, name, mmap=mmap, writable_map=writable_map)
+        raise TypeError(
+            f"expected a path, a binary file object or bytes, got {type(f).__name__}"
+        )
+
+    @classmethod
+    def _from_file(cls, fh, name, *, mmap: bool, writable_map: bool) -> Source:
+        if mmap:
+            try:
+                fileno = fh.fileno()
+            except (AttributeError, OSError, io.UnsupportedOperation):
+                raise ValueError(
+                    "mmap=True needs a file path or a file object with a fileno"
+                ) from None
+            size = os.fstat(fileno).st_size
+            if size == 0:
+                return cls(b"", name)
+            access = _mmap.ACCESS_COPY if writable_map else _mmap.ACCESS_READ
+            mapped = _mmap.mmap(fileno, 0, access=access)
+            return cls(mapped, name, mapped=mapped)
+        start = fh.tell() if _seekable(fh) else 0
+        size = None
+        if _seekable(fh):
+            end = fh.seek(0, os.SEEK_END)
+            fh.seek(start)
+            size = end - start
+        if size is None:
+            data = fh.read()
+            if not isinstance(data, (bytes, bytearray)):
+                raise TypeError("the file object must be opened in binary mode")
+            return cls(data, name)
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        got = 0
+        while got < size:
+            n = fh.readinto(view[got:]) if hasattr(fh, "readinto") else None
+            if n is None:
+                chunk = fh.read(size - got)
+                if not isinstance(chunk, (bytes, bytearray)):
+                    raise TypeError("the file object must be opened in binary mode")
+                n = len(chunk)
+                view[got : got + n] = chunk
+            if not n:
+                break
+            got += n
+        if got != size:
+            del view
+            buffer = buffer[:got]
+        return cls(buffer, name)
+
+    def view(self, offset: int, size: int, *, member: str | None = None) -> memoryview:
+        """Bytes ``[offset, offset+size)``; a FormatError if that is not inside."""
+        if offset < 0 or size < 0 or offset + size > self.size:
+            raise FormatError(
+                f"record of {size} bytes at offset {offset} lies outside the "
+                f"{self.size}-byte file",
+                file=self.name,
+                member=member,
+            )
+        return self._buffer[offset : offset + size]
+
+    def close(self) -> None:
+        # Views handed out keep the buffer alive; an mmap is closed only when
+        # nothing refers to it any more (closing it under a live view fails).
+        self._buffer = memoryview(b"")
+        self._mapped = None
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _seekable(fh) -> bool:
+    try:
+        return bool(fh.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False

@@ -1,0 +1,85 @@
+"""Wires the stages: source -> container -> VM -> builder.
+
+Strategy: one function, ``load_checkpoint``, runs the data path in one
+direction for every backend; a backend only supplies ``make_builder``. Errors
+from every stage come out as SafeloadError with the file name filled in; an
+exception raised by the caller's own code (a map_location callable) comes out
+as itself, as with torch.load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .allowlist import DEFAULT_POLICY, LoadedStorage, Policy, storage_ref_from_pid
+from .errors import CallerError, FormatError, LimitError, SafeloadError
+from .formats import Checkpoint, open_checkpoint
+from .formats.source import FileLike, Source
+from .limits import DEFAULT_LIMITS, Limits
+from .unpickler import Unpickler
+
+__all__ = ["load_checkpoint", "resolve_policy", "run_pickle"]
+
+
+def resolve_policy(policy: Policy | None, allow) -> Policy:
+    return (policy or DEFAULT_POLICY).allowing(allow)
+
+
+def run_pickle(ckpt: Checkpoint, builder, *, policy: Policy, limits: Limits,
+               encoding: str = "ASCII", on_finding=None) -> object:
+    """Run the checkpoint's main pickle through the VM with ``builder``."""
+    stream = ckpt.main_pickle()
+
+    def persistent_load(pid):
+        ref = storage_ref_from_pid(ckpt.persistent_id(pid))
+        return LoadedStorage(ref, builder.storage(ref))
+
+    vm = Unpickler(
+        stream.data,
+        policy=policy,
+        builder=builder,
+        persistent_load=persistent_load,
+        limits=limits,
+        encoding=encoding,
+        file=ckpt.source.name,
+        member=stream.member,
+        start=stream.start,
+        on_finding=on_finding,
+    )
+    return vm.load(allow_trailing=stream.allow_trailing)
+
+
+def open_container(source: Source, limits: Limits) -> Checkpoint:
+    """open_checkpoint, with the guarantee that only SafeloadError escapes."""
+    try:
+        return open_checkpoint(source, limits=limits)
+    except SafeloadError:
+        raise
+    except (MemoryError, RecursionError) as exc:
+        raise LimitError(f"container too large or deep to read: {type(exc).__name__}") from None
+    except Exception as exc:  # noqa: BLE001 - a container bug must still fail closed
+        raise FormatError(f"malformed container: {type(exc).__name__}: {exc}") from None
+
+
+def load_checkpoint(
+    f: FileLike,
+    make_builder: Callable[[Checkpoint], object],
+    *,
+    mmap: bool = False,
+    writable_map: bool = False,
+    encoding: str = "ASCII",
+    limits: Limits | None = None,
+    policy: Policy | None = None,
+    allow=None,
+) -> object:
+    limits = limits or DEFAULT_LIMITS
+    policy = resolve_policy(policy, allow)
+    source = Source.open(f, mmap=mmap, writable_map=writable_map)
+    try:
+        ckpt = open_container(source, limits)
+        return run_pickle(ckpt, make_builder(ckpt), policy=policy, limits=limits,
+                          encoding=encoding)
+    except SafeloadError as err:
+        raise err.at(file=source.name) from None
+    except CallerError as err:
+        raise err.original from None

@@ -1,0 +1,267 @@
+"""The rebuild stage: storage records to bytes, tensor records to views.
+
+Strategy: the VM hands every validated record to a ``Builder``. ``Builder``
+itself is inert (it returns the records: the scanner and lazy open use it).
+``HostBuilder`` is the numpy backend's: it fetches each storage record once
+(cached by key, so tensors that shared a storage share memory), checks that the
+declared element count matches the record's bytes, byteswaps big-endian files,
+routes the storage through ``map_location`` with torch.load's rules, and makes
+each tensor a numpy view after checking that shape, strides and offset stay
+inside the storage. The torch backend subclasses it.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import numpy as np
+
+from .dtypes import DTYPES, DType
+from .errors import CallerError, FormatError, LimitError
+from .records import Device, Size, StorageRef, TensorRecord
+
+__all__ = ["Builder", "HostBuilder", "Storage", "required_elements", "restore_location"]
+
+
+class Builder:
+    """Keeps records as they are (analysis mode)."""
+
+    def storage(self, ref: StorageRef) -> object:
+        return ref
+
+    def tensor(self, rec: TensorRecord) -> object:
+        return rec
+
+    def parameter(self, data, requires_grad: bool) -> object:
+        if not isinstance(data, TensorRecord):
+            raise FormatError(f"Parameter data must be a tensor, got {type(data).__name__}")
+        data.is_parameter = True
+        data.requires_grad = requires_grad
+        return data
+
+    def dtype(self, dt: DType) -> object:
+        return dt
+
+    def as_dtype(self, value) -> DType | None:
+        return value if isinstance(value, DType) else None
+
+    def size(self, dims: Size) -> object:
+        return dims
+
+    def device(self, dev: Device) -> object:
+        return dev
+
+
+class Storage:
+    """A storage in host memory: what a ``map_location`` callable receives.
+
+    Mirrors the parts of ``torch.UntypedStorage`` such callables use:
+    ``cpu()``, ``cuda(index)``, ``to(device)``, ``device``, ``nbytes()``,
+    ``size()``. With the numpy backend data never leaves host memory; moving a
+    storage only changes its location tag.
+    """
+
+    __slots__ = ("data", "dtype", "location")
+
+    def __init__(self, data: np.ndarray, dtype: DType, location: str) -> None:
+        self.data = data  # 1-d uint8 array over the record's bytes
+        self.dtype = dtype
+        self.location = location
+
+    def nbytes(self) -> int:
+        return self.data.nbytes
+
+    def size(self) -> int:
+        return self.data.nbytes // self.dtype.itemsize
+
+    @property
+    def device(self) -> Device:
+        kind, _, index = self.location.partition(":")
+        return Device(kind, int(index) if index else None)
+
+    def to(self, device) -> Storage:
+        return Storage(self.data, self.dtype, str(device))
+
+    def cpu(self) -> Storage:
+        return self.to("cpu")
+
+    def cuda(self, device=None, non_blocking: bool = False) -> Storage:
+        if device is None:
+            return self.to("cuda:0")
+        if isinstance(device, int):
+            return self.to(f"cuda:{device}")
+        return self.to(device)
+
+    def numpy(self) -> np.ndarray:
+        return self.data.view(self.dtype.numpy)
+
+    def __repr__(self) -> str:
+        return f"<safeload.Storage {self.dtype.name}[{self.size()}] on {self.location}>"
+
+
+def _device_text(value) -> str | None:
+    """str of a device-like value (str, bytes, Device, torch.device), else None."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("ascii")
+    if isinstance(value, Device) or (
+        type(value).__name__ == "device" and hasattr(value, "type") and not callable(value)
+    ):
+        return str(value)
+    return None
+
+
+def restore_location(map_location) -> Callable:
+    """torch.load's map_location rules, as ``(storage, tag, default) -> storage``.
+
+    ``default(storage, tag)`` moves a storage to a tag (the backend's
+    ``default_restore_location``).
+    """
+    if map_location is None:
+        return lambda storage, tag, default: default(storage, tag)
+    text = _device_text(map_location)
+    if text is not None:
+        return lambda storage, tag, default: default(storage, text)
+    if isinstance(map_location, dict):
+        def by_dict(storage, tag, default):
+            target = map_location.get(tag, tag)
+            return default(storage, _device_text(target) or target)
+
+        return by_dict
+    if callable(map_location):
+        def by_callable(storage, tag, default):
+            result = map_location(storage, tag)
+            return default(storage, tag) if result is None else result
+
+        return by_callable
+    raise TypeError(
+        "map_location must be None, a str, a device, a dict or a callable, "
+        f"got {type(map_location).__name__}"
+    )
+
+
+def required_elements(offset: int, shape: tuple[int, ...], stride: tuple[int, ...]) -> int:
+    """Elements a strided view needs from its storage (torch's rule: 0 when
+    the view is empty, else one past its last element)."""
+    last = offset
+    for size, step in zip(shape, stride):
+        if size == 0:
+            return 0
+        last += (size - 1) * step
+    return last + 1
+
+
+_INT64_MAX = 2**63 - 1
+
+
+class HostBuilder(Builder):
+    """numpy arrays over the container's bytes.
+
+    ``fetch(key)`` returns the record's bytes (a bounded memoryview);
+    ``byteorder`` is the file's; ``map_location`` follows torch.load.
+    """
+
+    def __init__(self, fetch: Callable[[str], memoryview], *, byteorder: str = "little",
+                 map_location=None, file: str | None = None) -> None:
+        self.fetch = fetch
+        self.byteorder = byteorder
+        self.restore = restore_location(map_location)
+        self.file = file
+        self.loaded: dict[str, tuple[StorageRef, object]] = {}
+
+    # -- storages ------------------------------------------------------------------
+
+    def storage(self, ref: StorageRef) -> object:
+        seen = self.loaded.get(ref.key)
+        if seen is not None:
+            first, value = seen
+            if first.dtype.itemsize * first.numel != ref.dtype.itemsize * ref.numel or \
+                    first.dtype.name != ref.dtype.name:
+                raise FormatError(
+                    f"storage '{ref.key}' is referenced as {ref.dtype.name}[{ref.numel}] "
+                    f"and as {first.dtype.name}[{first.numel}]"
+                )
+            return value
+        raw = self.fetch(ref.key)
+        if len(raw) != ref.nbytes:
+            raise FormatError(
+                f"storage '{ref.key}' declares {ref.numel} elements of {ref.dtype.name} "
+                f"({ref.nbytes} bytes), its record holds {len(raw)} bytes",
+                file=self.file,
+            )
+        data = np.frombuffer(raw, np.uint8) if len(raw) else np.empty(0, np.uint8)
+        if self.byteorder != sys.byteorder:
+            data = _swapped(data, ref.dtype)
+        try:
+            value = self.restore(self.make_storage(data, ref), ref.location, self.default_restore)
+        except Exception as exc:  # the caller's map_location or device: not the file's
+            raise CallerError(exc) from exc
+        self.loaded[ref.key] = (ref, value)
+        return value
+
+    def make_storage(self, data: np.ndarray, ref: StorageRef) -> object:
+        return Storage(data, ref.dtype, ref.location)
+
+    def default_restore(self, storage, location: str):
+        if not isinstance(storage, Storage):
+            raise TypeError(f"map_location returned {type(storage).__name__}, not a Storage")
+        return storage.to(location)
+
+    # -- tensors -------------------------------------------------------------------
+
+    def check_extent(self, rec: TensorRecord, storage_nbytes: int) -> None:
+        itemsize = rec.dtype.itemsize
+        need = required_elements(rec.offset, rec.shape, rec.stride)
+        numel = rec.numel
+        if numel * itemsize > _INT64_MAX or need * itemsize > _INT64_MAX:
+            raise LimitError(f"tensor of shape {rec.shape} is too large to address")
+        if need * itemsize > storage_nbytes:
+            raise FormatError(
+                f"tensor of shape {rec.shape}, stride {rec.stride} at offset {rec.offset} "
+                f"needs {need * itemsize} bytes of storage '{rec.storage_ref.key}', "
+                f"which holds {storage_nbytes}",
+                file=self.file,
+            )
+
+    def tensor(self, rec: TensorRecord) -> object:
+        storage = rec.storage
+        if not isinstance(storage, Storage):
+            raise TypeError(f"map_location returned {type(storage).__name__}, not a Storage")
+        data = storage.data
+        self.check_extent(rec, data.nbytes)
+        return host_view(data, rec)
+
+    def parameter(self, data, requires_grad: bool) -> object:
+        if not isinstance(data, np.ndarray):
+            raise FormatError(f"Parameter data must be a tensor, got {type(data).__name__}")
+        return data
+
+
+def host_view(data: np.ndarray, rec: TensorRecord) -> np.ndarray:
+    """numpy view of ``rec`` over a uint8 buffer whose extent was checked."""
+    dtype = rec.dtype.numpy
+    itemsize = rec.dtype.itemsize
+    if rec.numel == 0:
+        return np.ndarray(rec.shape, dtype=dtype)
+    return np.ndarray(
+        rec.shape,
+        dtype=dtype,
+        buffer=data,
+        offset=rec.offset * itemsize,
+        strides=tuple(s * itemsize for s in rec.stride),
+    )
+
+
+def _swapped(data: np.ndarray, dtype: DType) -> np.ndarray:
+    """A native-order copy of a big-endian storage."""
+    unit = dtype.itemsize // 2 if dtype.name.startswith("complex") else dtype.itemsize
+    if unit == 1:
+        return data
+    if len(data) % unit:
+        raise FormatError(f"storage of {len(data)} bytes is not whole {dtype.name} elements")
+    return data.view(f">u{unit}").astype(f"<u{unit}").view(np.uint8)
+
+
+UINT8 = DTYPES["uint8"]
