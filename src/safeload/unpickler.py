@@ -23,7 +23,14 @@ import _compat_pickle
 from collections import OrderedDict
 from collections.abc import Callable
 
-from .errors import CallerError, FormatError, LimitError, SafeloadError, UnsafeGlobalError, short_repr
+from .errors import (
+    CallerError,
+    FormatError,
+    LimitError,
+    SafeloadError,
+    UnsafeGlobalError,
+    short_repr,
+)
 from .limits import DEFAULT_LIMITS, Limits
 from .opcodes import (
     BY_CODE,
