@@ -371,7 +371,12 @@ def _numpy_dtype(vm, args):
         _fail(f"numpy dtype {code!r:.40} is not a plain numeric type")
     if not all(type(a) is bool for a in args[1:]):
         _fail("numpy.dtype flags must be bools")
-    return np.dtype(code)
+    # A fresh copy (pickle's copy=True), never numpy's shared singleton: BUILD
+    # may set its byte order.
+    dtype = np.dtype(code, False, True)
+    vm.unbuilt.add(id(dtype))
+    vm.keepalive.append(dtype)
+    return dtype
 
 
 def _numpy_scalar(vm, args):
@@ -438,18 +443,22 @@ def _build_ndarray(vm, array, state) -> None:
     vm.unbuilt.discard(id(array))
 
 
-def _build_dtype(vm, dtype, state) -> None:
-    import sys
+_PLAIN_DTYPE_STATE = (None, None, None, -1, -1, 0)
 
+
+def _build_dtype(vm, dtype, state) -> None:
+    if id(dtype) not in vm.unbuilt:
+        _fail("BUILD on a numpy dtype that numpy.dtype did not just make")
     if type(state) is not tuple or len(state) not in (8, 9):
         _fail("numpy dtype state must be an 8- or 9-tuple")
-    order, subarray, names, fields = state[1:5]
-    if subarray is not None or names is not None or fields is not None:
-        _fail("numpy dtype state with fields or subarrays is not supported")
-    native = "<" if sys.byteorder == "little" else ">"
-    have = native if dtype.byteorder == "=" else dtype.byteorder
-    if order not in ("|", have) and dtype.itemsize > 1:
-        _fail(f"numpy dtype state with byte order {order!r:.10} does not match {dtype}")
+    version, order = state[:2]
+    if version not in (3, 4) or state[2:8] != _PLAIN_DTYPE_STATE or state[8:] not in ((), (None,)):
+        _fail("numpy dtype state must be plain (no fields, subarrays, flags or metadata)")
+    if order not in ("<", ">", "|", "="):
+        _fail(f"numpy dtype byte order {order!r:.10} is not one of < > | =")
+    # The state passed on is rebuilt from validated parts, never the file's tuple.
+    dtype.__setstate__((3, order, *_PLAIN_DTYPE_STATE))
+    vm.unbuilt.discard(id(dtype))
 
 
 def _build_ordered_dict(vm, target, state) -> None:

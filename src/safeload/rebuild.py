@@ -191,7 +191,7 @@ class HostBuilder(Builder):
                 f"({ref.nbytes} bytes), its record holds {len(raw)} bytes",
                 file=self.file,
             )
-        data = np.frombuffer(raw, np.uint8) if len(raw) else np.empty(0, np.uint8)
+        data = np.frombuffer(raw, np.uint8)
         if self.byteorder != sys.byteorder:
             data = _swapped(data, ref.dtype)
         try:
@@ -243,8 +243,9 @@ def host_view(data: np.ndarray, rec: TensorRecord) -> np.ndarray:
     """numpy view of ``rec`` over a uint8 buffer whose extent was checked."""
     dtype = rec.dtype.numpy
     itemsize = rec.dtype.itemsize
-    if rec.numel == 0:
-        return np.ndarray(rec.shape, dtype=dtype)
+    if rec.numel == 0:  # keep torch's strides; the offset may lie past the end
+        return np.ndarray(rec.shape, dtype=dtype, buffer=data[:0],
+                          strides=tuple(s * itemsize for s in rec.stride))
     return np.ndarray(
         rec.shape,
         dtype=dtype,

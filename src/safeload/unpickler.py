@@ -130,6 +130,7 @@ class Unpickler:
         self.copied = 0  # elements / bytes copied by handlers, bounded by budget
         self.copy_budget = 16 * len(self.data) + (1 << 20)
         self._key_hashes: dict[tuple[int, int], int] = {}
+        self._counted: dict[int, object] = {}
         self.op_offset = start
         self.unbuilt: set[int] = set()  # ids of objects a handler made for BUILD
         self.keepalive: list = []  # objects whose ids are in unbuilt
@@ -253,6 +254,9 @@ class Unpickler:
         slot = (id(container), hash(key))
         count = self._key_hashes.get(slot, 0) + 1
         self._key_hashes[slot] = count
+        if count == 1:
+            # keep the container alive so its id is never reused for another
+            self._counted[id(container)] = container
         if count > _COLLIDING_KEYS:
             raise LimitError(f"more than {_COLLIDING_KEYS} keys of one container share a hash")
 
@@ -558,7 +562,7 @@ class Unpickler:
 
     def _op_FROZENSET(self, pos):
         items = self._pop_mark()
-        marker = object()
+        marker = set()  # stands for the frozenset while its items are checked
         for item in items:
             self.check_key(item, marker)
         self.stack.append(frozenset(items))
