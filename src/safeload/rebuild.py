@@ -146,7 +146,7 @@ def required_elements(offset: int, shape: tuple[int, ...], stride: tuple[int, ..
     """Elements a strided view needs from its storage (torch's rule: 0 when
     the view is empty, else one past its last element)."""
     last = offset
-    for size, step in zip(shape, stride):
+    for size, step in zip(shape, stride, strict=True):
         if size == 0:
             return 0
         last += (size - 1) * step
