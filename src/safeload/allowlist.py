@@ -11,6 +11,15 @@ numpy arrays made by ``_reconstruct``, and numpy dtypes (validated, no-op).
 
 One source of truth: the loader, the torch backend and the scanner all ask the
 same ``Policy``.
+
+The records policy (``Policy(records=True)``, off by default) is a per-call
+opt-in: a global outside the allowlist that is not known to be dangerous is
+pushed as an inert ``GlobalRef``; building an instance of it the way Python
+pickles plain objects (NEWOBJ, NEWOBJ_EX, ``copyreg._reconstructor`` with a
+builtin base, INST / OBJ without arguments) makes a ``Record``, and BUILD and
+the container opcodes fill the record's ``state`` / ``items`` / ``listitems``.
+A REDUCE is a call, so it stays refused unless the caller names the class in
+``records=[...]``. Known-dangerous names are refused under every policy.
 """
 
 from __future__ import annotations
@@ -22,10 +31,26 @@ from dataclasses import dataclass
 
 from .danger import danger_of
 from .dtypes import DTYPES, STORAGE_TYPES, DType
-from .errors import FormatError, UnsafeGlobalError
-from .records import Device, Size, StorageRef, StorageType, TensorRecord
+from .errors import FormatError, UnsafeGlobalError, short_repr
+from .records import (
+    Device,
+    GlobalRef,
+    QScheme,
+    Record,
+    Size,
+    StorageRef,
+    StorageType,
+    TensorRecord,
+)
 
-__all__ = ["DEFAULT_POLICY", "Handler", "LoadedStorage", "Policy", "storage_ref_from_pid"]
+__all__ = [
+    "DEFAULT_POLICY",
+    "Handler",
+    "LoadedStorage",
+    "Policy",
+    "RecordTypes",
+    "storage_ref_from_pid",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,13 +71,40 @@ class Handler:
 
 
 class LoadedStorage:
-    """What BINPERSID pushes: the validated reference and the builder's value."""
+    """What BINPERSID pushes: the validated reference and the builder's value.
 
-    __slots__ = ("ref", "value")
+    ``view`` is ``(offset, numel)`` in elements of ``ref`` when the persistent id
+    named a legacy view of the storage: tensors on it become tensors on the whole
+    storage (so they share its memory in every backend), offset by ``offset``.
+    """
 
-    def __init__(self, ref: StorageRef, value: object) -> None:
+    __slots__ = ("ref", "value", "view")
+
+    def __init__(self, ref: StorageRef, value: object,
+                 view: tuple[int, int] | None = None) -> None:
         self.ref = ref
         self.value = value
+        self.view = view
+
+    def place(self, offset: int, shape: tuple[int, ...], stride: tuple[int, ...],
+              dtype: DType) -> int:
+        """Offset in the whole storage of a tensor at ``offset`` of this one; a
+        FormatError unless the tensor lies inside the view."""
+        if self.view is None:
+            return offset
+        start, numel = self.view
+        if dtype.itemsize != self.ref.dtype.itemsize:
+            _fail(f"a {dtype.name} tensor on a {self.ref.dtype.name} storage view")
+        last = offset  # one past the last element the tensor reads, 0 when empty
+        for n, step in zip(shape, stride, strict=True):
+            if n == 0:
+                last = -1
+                break
+            last += (n - 1) * step
+        if last + 1 > numel:
+            _fail(f"tensor of shape {shape}, stride {stride} at offset {offset} leaves "
+                  f"its storage view of {numel} elements")
+        return start + offset
 
     def __repr__(self) -> str:
         return f"<storage {self.ref.key!r} {self.ref.dtype.name}[{self.ref.numel}]>"
@@ -62,8 +114,25 @@ def _fail(message: str):
     raise FormatError(message)
 
 
+def _brief(value, width: int = 40) -> str:
+    """A bounded description of a pickle value for messages. Never a full repr:
+    a list holding one big list a million times (via the memo) costs the pickle
+    a few bytes per reference and its repr terabytes."""
+    t = type(value)
+    if t is str or t is bytes or t is bytearray:
+        return repr(value[:width])[: width + 3]
+    if value is None or t is bool or t is float or (t is int and value.bit_length() <= 128):
+        return repr(value)[:width]
+    return f"<{t.__name__}>"
+
+
 def _is_int(x) -> bool:
     return type(x) is int
+
+
+#: sizes, strides and offsets are int64 in torch; bigger ints only cost time
+#: (a product of 64 dimensions of 2**524288 takes a minute)
+_DIM_MAX = 2**63 - 1
 
 
 def _int_tuple(x, what: str, vm) -> tuple[int, ...]:
@@ -72,8 +141,8 @@ def _int_tuple(x, what: str, vm) -> tuple[int, ...]:
     if len(x) > vm.limits.max_ndim:
         _fail(f"{what} has {len(x)} dimensions, more than {vm.limits.max_ndim}")
     for d in x:
-        if type(d) is not int or d < 0:
-            _fail(f"{what} must hold non-negative ints, got {d!r:.40}")
+        if type(d) is not int or d < 0 or d > _DIM_MAX:
+            _fail(f"{what} must hold non-negative int64 values, got {_brief(d)}")
     return tuple(x)
 
 
@@ -100,25 +169,25 @@ def storage_ref_from_pid(pid) -> StorageRef:
               f"got {type(pid).__name__} of length {len(pid) if type(pid) is tuple else '-'}")
     typename, storage_type, key, location, numel = pid[:5]
     if typename != "storage":
-        _fail(f"persistent id kind must be 'storage', got {typename!r:.40}")
+        _fail(f"persistent id kind must be 'storage', got {_brief(typename)}")
     if type(storage_type) is not StorageType:
         _fail("persistent id must name a torch storage type")
     if type(key) is int:  # legacy files use int-like keys; zip keys are str
         key = str(key)
     if type(key) is not str or not _KEY.match(key):
-        _fail(f"storage key {key!r:.60} is not a plain record name")
+        _fail(f"storage key {_brief(key, 60)} is not a plain record name")
     if type(location) is not str or not _LOCATION.match(location):
-        _fail(f"storage location {location!r:.60} is not a device tag")
+        _fail(f"storage location {_brief(location, 60)} is not a device tag")
     if type(numel) is not int or numel < 0:
-        _fail(f"storage size {numel!r:.40} is not a non-negative int")
+        _fail(f"storage size {_brief(numel)} is not a non-negative int")
     return StorageRef(key=key, dtype=storage_type.dtype, location=location, numel=numel)
 
 
 def _tensor_record(vm, storage, offset, size, stride, dtype: DType | None = None) -> TensorRecord:
     if type(storage) is not LoadedStorage:
         _fail(f"tensor storage must come from a persistent id, got {type(storage).__name__}")
-    if type(offset) is not int or offset < 0:
-        _fail(f"storage offset must be a non-negative int, got {offset!r:.40}")
+    if type(offset) is not int or offset < 0 or offset > _DIM_MAX:
+        _fail(f"storage offset must be a non-negative int64, got {_brief(offset)}")
     shape = _int_tuple(size, "tensor size", vm)
     strides = _int_tuple(stride, "tensor stride", vm)
     if len(shape) != len(strides):
@@ -127,7 +196,7 @@ def _tensor_record(vm, storage, offset, size, stride, dtype: DType | None = None
         storage=storage.value,
         storage_ref=storage.ref,
         dtype=dtype or storage.ref.dtype,
-        offset=offset,
+        offset=storage.place(offset, shape, strides, dtype or storage.ref.dtype),
         shape=shape,
         stride=strides,
     )
@@ -145,8 +214,16 @@ def _finish_tensor(vm, rec: TensorRecord, requires_grad, metadata=None):
         _fail("tensor metadata must be a dict")
     rec.requires_grad = requires_grad
     if metadata:
+        vm.charge(len(metadata))  # one dict, copied per tensor via the memo
+        for key, value in metadata.items():
+            if key not in _TENSOR_METADATA or type(value) is not bool:
+                _fail(f"tensor metadata {_brief(key, 40)} is not a conj / neg flag")
         rec.metadata = dict(metadata)
     return vm.builder.tensor(rec)
+
+
+#: what torch's get_tensor_metadata writes: the conjugate and negative view bits
+_TENSOR_METADATA = frozenset({"conj", "neg"})
 
 
 def _rebuild_tensor(vm, args):
@@ -193,6 +270,88 @@ def _rebuild_parameter_with_state(vm, args):
     return _rebuild_parameter(vm, (data, requires_grad, hooks))
 
 
+# -- torch: quantized tensors ---------------------------------------------------
+
+#: the qschemes a pickle may name (``GLOBAL torch per_tensor_affine``); only the
+#: affine ones describe a saved tensor, the symmetric ones are observer settings.
+QSCHEMES = (
+    "per_tensor_affine",
+    "per_channel_affine",
+    "per_channel_affine_float_qparams",
+    "per_tensor_symmetric",
+    "per_channel_symmetric",
+)
+_SUB_BYTE = frozenset({"quint4x2", "quint2x4"})
+
+
+def _finite(x) -> bool:
+    return type(x) in (int, float) and x == x and x not in (float("inf"), float("-inf"))
+
+
+def _channel_params(vm, values, what: str, channels: int, want_int: bool):
+    """Per-channel scales or zero points: a tensor or a list of numbers, one per
+    channel of the quantized axis."""
+    if type(values) in (list, tuple):
+        vm.charge(len(values))
+        if not all(type(v) is int if want_int else _finite(v) for v in values):
+            _fail(f"per-channel {what} must be {'ints' if want_int else 'finite numbers'}")
+        values = list(values)
+        shape = (len(values),)
+    else:
+        shape = vm.builder.tensor_shape(values)
+        if shape is None:
+            _fail(f"per-channel {what} must be a tensor or a list, got {type(values).__name__}")
+    if tuple(shape) != (channels,):
+        _fail(f"per-channel {what} has shape {tuple(shape)}, the quantized axis has "
+              f"{channels} channels")
+    return values
+
+
+def _rebuild_qtensor(vm, args):
+    _arity(args, 7, 7, "_rebuild_qtensor")
+    storage, offset, size, stride, qparams, requires_grad, hooks = args
+    _check_hooks(hooks)
+    if type(requires_grad) is not bool:
+        _fail("requires_grad must be a bool")
+    rec = _tensor_record(vm, storage, offset, size, stride)
+    if not rec.dtype.is_quantized:
+        _fail(f"_rebuild_qtensor needs a quantized storage (QInt8Storage, ...), "
+              f"got {rec.dtype.name}")
+    if rec.dtype.name in _SUB_BYTE:
+        contiguous, step = [], 1
+        for d in reversed(rec.shape):
+            contiguous.append(step)
+            step *= max(d, 1)
+        if rec.offset != 0 or (rec.numel and rec.stride != tuple(reversed(contiguous))):
+            _fail(f"{rec.dtype.name} packs several elements per byte: the tensor must be "
+                  "contiguous, at offset 0")
+    rec.requires_grad = requires_grad
+    if type(qparams) is not tuple or not qparams:
+        _fail("quantizer parameters must be a tuple (qscheme, ...)")
+    scheme = vm.builder.as_qscheme(qparams[0])
+    if scheme is None:
+        _fail("quantizer parameters must start with a torch qscheme")
+    if scheme.name == "per_tensor_affine":
+        _arity(qparams, 3, 3, "per_tensor_affine parameters")
+        _, scale, zero_point = qparams
+        if not _finite(scale) or type(zero_point) is not int:
+            _fail("per_tensor_affine needs a finite scale and an int zero point")
+        return vm.builder.qtensor(rec, scheme.name, scale=float(scale), zero_point=zero_point)
+    if scheme.name in ("per_channel_affine", "per_channel_affine_float_qparams"):
+        _arity(qparams, 4, 4, f"{scheme.name} parameters")
+        _, scales, zero_points, axis = qparams
+        if type(axis) is not int or not 0 <= axis < len(rec.shape):
+            _fail(f"per-channel axis {_brief(axis, 20)} is out of range for a tensor of shape "
+                  f"{rec.shape}")
+        channels = rec.shape[axis]
+        scales = _channel_params(vm, scales, "scales", channels, want_int=False)
+        zero_points = _channel_params(vm, zero_points, "zero points", channels,
+                                      want_int=scheme.name == "per_channel_affine")
+        return vm.builder.qtensor(rec, scheme.name, scales=scales, zero_points=zero_points,
+                                  axis=axis)
+    _fail(f"a tensor cannot be quantized with qscheme {scheme.name}")
+
+
 _TENSOR_TYPE = Handler("torch.Tensor")
 _PARAMETER_TYPE = Handler("torch.nn.parameter.Parameter")
 
@@ -200,7 +359,8 @@ _PARAMETER_TYPE = Handler("torch.nn.parameter.Parameter")
 def _rebuild_from_type_v2(vm, args):
     _arity(args, 4, 4, "_rebuild_from_type_v2")
     func, new_type, inner_args, state = args
-    if func not in _TENSOR_FUNCTIONS:
+    # type first: hashing a 10**6-deep tuple overflows the C stack
+    if type(func) is not Handler or func not in _TENSOR_FUNCTIONS:
         _fail("_rebuild_from_type_v2 must wrap a tensor rebuild function")
     if new_type is not _TENSOR_TYPE:
         _fail("_rebuild_from_type_v2 may only rebuild a plain torch.Tensor")
@@ -228,7 +388,7 @@ def _device(vm, args):
         if args[1] is not None:
             text = f"{text}:{args[1]}"
     if not _LOCATION.match(text):
-        _fail(f"{text!r:.40} is not a device")
+        _fail(f"{_brief(text)} is not a device")
     kind, _, index = text.partition(":")
     return vm.builder.device(Device(kind, int(index) if index else None))
 
@@ -368,8 +528,9 @@ def _numpy_dtype(vm, args):
     _arity(args, 1, 3, "numpy.dtype")
     code = args[0]
     if type(code) is not str or not _NUMPY_DTYPE.match(code):
-        _fail(f"numpy dtype {code!r:.40} is not a plain numeric type")
-    if not all(type(a) is bool for a in args[1:]):
+        _fail(f"numpy dtype {_brief(code)} is not a plain numeric type")
+    # Python 2 era numpy pickled the flags as the ints 0 / 1
+    if not all(type(a) is bool or (type(a) is int and a in (0, 1)) for a in args[1:]):
         _fail("numpy.dtype flags must be bools")
     # A fresh copy (pickle's copy=True), never numpy's shared singleton: BUILD
     # may set its byte order.
@@ -387,7 +548,7 @@ def _numpy_scalar(vm, args):
     if not isinstance(dtype, np.dtype) or dtype.kind not in "biufc" or dtype.hasobject:
         _fail("numpy scalar needs a plain numeric dtype")
     raw = args[1] if len(args) == 2 else b"\0" * dtype.itemsize
-    if type(raw) is str:  # Python 2 pickles: latin-1 text
+    if type(raw) is str and len(raw) == dtype.itemsize:  # Python 2 pickles: latin-1 text
         raw = raw.encode("latin-1")
     if type(raw) is not bytes or len(raw) != dtype.itemsize:
         _fail(f"numpy scalar of {dtype} needs {dtype.itemsize} bytes")
@@ -429,10 +590,13 @@ def _build_ndarray(vm, array, state) -> None:
     shape = _int_tuple(shape, "numpy array shape", vm)
     if not isinstance(dtype, np.dtype) or dtype.kind not in "biufc" or dtype.hasobject:
         _fail("numpy array must have a plain numeric dtype (object arrays hold pickles)")
+    if type(raw) not in (bytes, bytearray, str):
+        _fail("numpy array data must be bytes")
+    # numpy copies the data (byteswapped, small or unaligned); one bytes value
+    # can be the state of many arrays through the memo
+    vm.charge(len(raw))
     if type(raw) is str:
         raw = raw.encode("latin-1")
-    if type(raw) not in (bytes, bytearray):
-        _fail("numpy array data must be bytes")
     count = 1
     for d in shape:
         count *= d
@@ -455,7 +619,7 @@ def _build_dtype(vm, dtype, state) -> None:
     if version not in (3, 4) or state[2:8] != _PLAIN_DTYPE_STATE or state[8:] not in ((), (None,)):
         _fail("numpy dtype state must be plain (no fields, subarrays, flags or metadata)")
     if order not in ("<", ">", "|", "="):
-        _fail(f"numpy dtype byte order {order!r:.10} is not one of < > | =")
+        _fail(f"numpy dtype byte order {_brief(order, 10)} is not one of < > | =")
     # The state passed on is rebuilt from validated parts, never the file's tuple.
     dtype.__setstate__((3, order, *_PLAIN_DTYPE_STATE))
     vm.unbuilt.discard(id(dtype))
@@ -499,6 +663,9 @@ def _default_handlers() -> dict[str, Handler]:
         add(f"torch.{dtype_name}", push=lambda vm, d=dt: vm.builder.dtype(d))
     add("torch.Size", reduce=_size)
     add("torch.device", reduce=_device)
+    add("torch._utils._rebuild_qtensor", reduce=_rebuild_qtensor)
+    for scheme in map(QScheme, QSCHEMES):
+        add(f"torch.{scheme.name}", push=lambda vm, q=scheme: vm.builder.qscheme(q))
 
     add("collections.OrderedDict", reduce=_ordered_dict, new=_ordered_dict)
     add("collections.Counter", reduce=_counter, new=_counter)
@@ -530,30 +697,44 @@ class Policy:
     ``Policy()`` is safeload's default; ``policy.allowing(objs)`` returns a new
     policy that also accepts the given objects (classes or functions the caller
     imported and trusts), called with pickle's usual semantics.
+
+    ``records=True`` (or a list of class names, which also turns it on) keeps
+    instances of classes outside the allowlist as inert ``Record`` values;
+    named classes may also be rebuilt by a call (REDUCE: enums, defaultdict).
+    Names are exact (``"pkg.mod.Name"``) or a package pattern (``"pkg.*"``).
+
+    >>> policy = Policy(allow={"mypkg.Config": dict}, records=["enum_pkg.*"])
+    >>> policy.records
+    RecordTypes(['enum_pkg.*'])
     """
 
     def __init__(self, handlers: Mapping[str, Handler] | None = None,
-                 trusted: Mapping[str, object] | None = None) -> None:
+                 trusted: Mapping[str, object] | None = None, *,
+                 allow: Iterable[object] | Mapping[str, object] | None = None,
+                 records: bool | Iterable[str] | RecordTypes | None = None) -> None:
         self.handlers: dict[str, Handler] = dict(handlers or _DEFAULT_HANDLERS)
-        self.trusted: dict[str, object] = dict(trusted or {})
+        self.trusted: dict[str, object] = {**(trusted or {}), **_global_names(allow)}
         self._trusted_by_id = {id(obj): obj for obj in self.trusted.values()}
         self._trusted_types = {obj for obj in self.trusted.values() if isinstance(obj, type)}
+        #: None when the records policy is off
+        self.records: RecordTypes | None = RecordTypes.of(records)
 
     def allowing(self, allow: Iterable[object] | Mapping[str, object] | None) -> Policy:
         if not allow:
             return self
-        if isinstance(allow, Mapping):
-            extra = dict(allow)
-        else:
-            extra = {}
-            for obj in allow:
-                module = getattr(obj, "__module__", None)
-                qualname = getattr(obj, "__qualname__", None)
-                if not isinstance(module, str) or not isinstance(qualname, str):
-                    raise TypeError(f"cannot tell the global name of {obj!r}; pass "
-                                    "allow={'module.name': obj}")
-                extra[f"{module}.{qualname}"] = obj
-        return Policy(self.handlers, {**self.trusted, **extra})
+        return Policy(self.handlers, {**self.trusted, **_global_names(allow)},
+                      records=self.records)
+
+    def with_records(self, records: bool | Iterable[str] | RecordTypes | None) -> Policy:
+        """This policy with the records policy turned on (``True``, or class names
+        added to the ones it has), or off (``False``); ``None`` changes nothing."""
+        if records is None:
+            return self
+        if records is False:
+            return Policy(self.handlers, self.trusted) if self.records is not None else self
+        extra = RecordTypes.of(records)
+        merged = extra if self.records is None else self.records.merged(extra)
+        return Policy(self.handlers, self.trusted, records=merged)
 
     # -- lookups used by the VM --------------------------------------------------
 
@@ -565,23 +746,31 @@ class Policy:
         obj = self.trusted.get(full)
         if obj is not None:
             return Handler(full, push=lambda vm, o=obj: o)
+        if self.records is not None:
+            return _record_lookup(module, name)
         return None
 
     def unsafe_global(self, module: str, name: str) -> UnsafeGlobalError:
         full = f"{module}.{name}"
         why = danger_of(module, name)
         if why is not None:
+            hint = "This file tries to run code; do not load it"
+            if full == "copyreg._reconstructor" and self.records is None:
+                # how protocols 0 and 1 pickle plain objects: not an attack in itself
+                hint = ("Protocols 0 and 1 pickle plain objects this way: load with "
+                        "records=True to get them back as inert safeload.Record data")
             return UnsafeGlobalError(
                 f"global '{full}' is refused: it {why}",
                 global_name=full,
-                hint="This file tries to run code; do not load it",
+                hint=hint,
             )
         return UnsafeGlobalError(
             f"global '{full}' is not in safeload's allowlist of tensor, storage and "
             "primitive types",
             global_name=full,
-            hint=(f"safeload never imports it. If you trust this file, import it yourself "
-                  f"and pass allow={{'{full}': obj}} for this call"),
+            hint=(f"safeload never imports it. To get its objects back as inert data "
+                  f"(safeload.Record), load with records=True; if you trust this file, "
+                  f"import it yourself and pass allow={{'{full}': obj}} for this call"),
         )
 
     def call(self, vm, func, args: tuple, kwargs: dict | None, opname: str):
@@ -593,6 +782,8 @@ class Policy:
             if func.reduce is None:
                 _fail(f"{func.name} may be named but not called")
             return func.reduce(vm, args)
+        if type(func) is GlobalRef and self.records is not None:
+            return _record_call(self.records, vm, func, args, kwargs, opname)
         trusted = self._trusted_by_id.get(id(func))
         if trusted is not None and trusted is func:
             if opname in ("NEWOBJ", "NEWOBJ_EX"):
@@ -620,6 +811,8 @@ class Policy:
             return _build_dtype(vm, target, state)
         if t in self._trusted_types:
             return _pickle_build(target, state)
+        if t is Record and self.records is not None:
+            return _build_record(vm, target, state)
         from .unpickler import Opaque
 
         if isinstance(target, Opaque):
@@ -629,10 +822,21 @@ class Policy:
         _fail(f"BUILD on a {t.__name__} value: the pickle may only set state on "
               "objects safeload builds")
 
+    def container_items(self, vm, opname: str, target, items: list) -> bool:
+        """APPEND(S) / SETITEM(S) / ADDITEMS on a value that is not a container
+        the pickle built: True when the policy took the items (a Record's
+        ``listitems`` / ``items`` under the records policy), False to refuse."""
+        if self.records is None or type(target) is not Record:
+            return False
+        return _record_items(vm, opname, target, items)
+
     def is_hashable_record(self, obj) -> bool:
         return type(obj) in _HASHABLE_RECORDS or (
             type(obj).__module__ == "numpy" and hasattr(obj, "dtype")  # numpy scalars
-        ) or type(obj) in self._trusted_types
+        ) or (type(obj).__module__, type(obj).__name__) in _TORCH_VALUE_TYPES or (
+            type(obj) in self._trusted_types) or (
+            type(obj) is Record and self.records is not None  # hashed by identity
+        )
 
 
 def _pickle_build(target, state) -> None:
@@ -651,11 +855,236 @@ def _pickle_build(target, state) -> None:
             setattr(target, k, v)
 
 
-_HASHABLE_RECORDS = frozenset({Size, Device, DType, StorageType})
+def _global_names(allow) -> dict[str, object]:
+    """``allow=`` as {"module.qualname": obj}."""
+    if not allow:
+        return {}
+    if isinstance(allow, Mapping):
+        return dict(allow)
+    extra = {}
+    for obj in allow:
+        module = getattr(obj, "__module__", None)
+        qualname = getattr(obj, "__qualname__", None)
+        if not isinstance(module, str) or not isinstance(qualname, str):
+            raise TypeError(f"cannot tell the global name of {obj!r}; pass "
+                            "allow={'module.name': obj}")
+        extra[f"{module}.{qualname}"] = obj
+    return extra
+
+
+# -- the records policy: foreign objects kept as data ---------------------------
+
+#: builtin types are safeload's to build or refuse: never records, never named
+_BUILTIN_MODULES = frozenset({"builtins", "__builtin__"})
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
+_CONSTRUCTS = frozenset({"NEWOBJ", "NEWOBJ_EX"})
+
+
+class RecordTypes:
+    """The records policy's list of named classes.
+
+    Any class outside the allowlist may come back as a Record when the pickle
+    builds it without a call (NEWOBJ, ``copyreg._reconstructor``); a class that
+    the pickle *calls* (REDUCE, INST / OBJ with arguments: how enums and
+    ``collections.defaultdict`` are pickled) must be named here. Names are
+    exact (``"pkg.mod.Name"``) or package patterns (``"pkg.*"``: the package
+    and its submodules). A pattern admits only CapWords names, classes by
+    Python's convention: a pickle that calls a *function* of the package (a
+    ``run_cprofile(code)``) stays refused; name lowercase classes exactly.
+    Known-dangerous names and builtins are refused with a ValueError: no policy
+    admits them.
+    """
+
+    def __init__(self, names: Iterable[str] = ()) -> None:
+        if isinstance(names, (str, bytes)):
+            raise TypeError("records= takes True or a list of class names, not one string")
+        exact: set[str] = set()
+        packages: set[str] = set()
+        for text in names:
+            if not isinstance(text, str):
+                raise TypeError(f"record type names are strings, got {type(text).__name__}")
+            pattern = text.endswith(".*")
+            module, _, name = (text[:-2], "", "*") if pattern else text.rpartition(".")
+            if not module or not _DOTTED.match(module) or not (pattern or name.isidentifier()):
+                raise ValueError(f"record type {text!r} is not 'module.Name' or 'package.*'")
+            why = danger_of(module, name)
+            if why is None and module.partition(".")[0] in _BUILTIN_MODULES:
+                why = "is a builtin (safeload builds builtins itself, or refuses them)"
+            if why is not None:
+                raise ValueError(f"{text!r} can never be a record type: it {why}")
+            if pattern:
+                packages.add(module)
+            else:
+                exact.add(text)
+        self.exact = frozenset(exact)
+        self.packages = frozenset(packages)
+
+    @classmethod
+    def of(cls, records) -> RecordTypes | None:
+        """``records=`` as given by a caller: None / False (off), True, names."""
+        if records is None or records is False:
+            return None
+        if records is True:
+            return cls()
+        if isinstance(records, cls):
+            return records
+        return cls(records)
+
+    def merged(self, other: RecordTypes) -> RecordTypes:
+        both = RecordTypes()
+        both.exact = self.exact | other.exact
+        both.packages = self.packages | other.packages
+        return both
+
+    def named(self, module: str, name: str) -> bool:
+        if f"{module}.{name}" in self.exact:
+            return True
+        if not name[:1].isupper():
+            return False
+        probe = module
+        while probe:
+            if probe in self.packages:
+                return True
+            probe = probe.rpartition(".")[0]
+        return False
+
+    def names(self) -> list[str]:
+        return sorted(self.exact) + sorted(f"{p}.*" for p in self.packages)
+
+    def __repr__(self) -> str:
+        return f"RecordTypes({self.names()!r})"
+
+
+#: the bases ``copyreg._reconstructor(cls, base, state)`` may name, with the
+#: type ``state`` must have (None: no state). Protocols 0 and 1 pickle an
+#: instance as ``_reconstructor(cls, base, base(obj))`` + BUILD of its __dict__.
+_RECONSTRUCTOR_BASES: dict[str, type | None] = {
+    "builtins.object": None,
+    "builtins.dict": dict,
+    "builtins.list": list,
+    "builtins.tuple": tuple,
+    "builtins.int": int,
+    "builtins.float": float,
+    "builtins.complex": complex,
+    "builtins.str": str,
+    "builtins.bytes": bytes,
+    "builtins.bytearray": bytearray,
+    "builtins.set": set,
+    "builtins.frozenset": frozenset,
+}
+
+
+def _record_lookup(module: str, name: str) -> Handler | None:
+    full = f"{module}.{name}"
+    if full == "copyreg._reconstructor":
+        return _RECONSTRUCTOR
+    if full not in _RECONSTRUCTOR_BASES and danger_of(module, name) is not None:
+        return None  # refused as dangerous, under every policy
+    return Handler(full, push=lambda vm: GlobalRef(module, name))
+
+
+def _refuse_builtin_record(vm, opname: str, full: str):
+    return vm.refuse(UnsafeGlobalError(
+        f"{opname} builds a '{full}': builtin types are never kept as records",
+        global_name=full,
+    ), f"{full}(...)")
+
+
+def _new_record(vm, ref: GlobalRef, args: tuple = (), kwargs: dict | None = None,
+                items: dict | None = None, listitems: list | None = None) -> Record:
+    record = Record(ref.module, ref.name, args, kwargs=kwargs or None, items=items,
+                    listitems=listitems)
+    vm.unbuilt.add(id(record))  # BUILD may set its state, once
+    vm.keepalive.append(record)
+    return record
+
+
+def _record_call(types: RecordTypes, vm, ref: GlobalRef, args: tuple, kwargs,
+                 opname: str):
+    full = ref.global_name
+    if ref.module.partition(".")[0] in _BUILTIN_MODULES:
+        return _refuse_builtin_record(vm, opname, full)
+    constructs = opname in _CONSTRUCTS or (opname in ("INST", "OBJ") and not args)
+    if not constructs and not types.named(ref.module, ref.name):
+        return vm.refuse(UnsafeGlobalError(
+            f"{opname} calls '{full}': the records policy keeps objects as data, and a "
+            "call is not an object",
+            global_name=full,
+            hint=(f"If '{full}' is a class whose instances are pickled as a call (an enum, "
+                  f"a defaultdict), name it to keep the call's arguments as data: "
+                  f"records=['{full}']"),
+        ), f"{full}(...)")
+    return _new_record(vm, ref, args, kwargs)
+
+
+def _reconstructor(vm, args):
+    """``copyreg._reconstructor(cls, base, state)``, inert: never calls ``base``."""
+    _arity(args, 3, 3, "copyreg._reconstructor")
+    cls, base, base_state = args
+    base_name = (base.global_name if type(base) is GlobalRef
+                 else base.name if type(base) is Handler else None)
+    if base_name not in _RECONSTRUCTOR_BASES:
+        _fail("copyreg._reconstructor needs a builtin base type (object, dict, list, ...), "
+              f"got {short_repr(base)}")
+    want = _RECONSTRUCTOR_BASES[base_name]
+    if (base_state is not None) if want is None else (type(base_state) is not want):
+        _fail(f"copyreg._reconstructor with base {base_name} needs "
+              f"{'no state' if want is None else 'a ' + want.__name__ + ' value'}")
+    if isinstance(cls, type) and cls in vm.policy._trusted_types and want is None:
+        return object.__new__(cls)  # a class the caller passed in allow=
+    if type(cls) is not GlobalRef:
+        _fail("copyreg._reconstructor may only rebuild a class outside the allowlist, "
+              f"as a record; got {short_repr(cls)}")
+    if cls.module.partition(".")[0] in _BUILTIN_MODULES:
+        return _refuse_builtin_record(vm, "copyreg._reconstructor", cls.global_name)
+    if want is dict:
+        vm.charge(len(base_state))
+        return _new_record(vm, cls, items=dict(base_state))
+    if want is list:
+        vm.charge(len(base_state))
+        return _new_record(vm, cls, listitems=list(base_state))
+    return _new_record(vm, cls, () if want is None else (base_state,))
+
+
+_RECONSTRUCTOR = Handler("copyreg._reconstructor", reduce=_reconstructor)
+
+
+def _build_record(vm, record: Record, state) -> None:
+    if id(record) not in vm.unbuilt:
+        _fail(f"BUILD on record {record.global_name} a second time: a pickle sets an "
+              "object's state once")
+    vm.unbuilt.discard(id(record))
+    record.state = state
+
+
+def _record_items(vm, opname: str, record: Record, items: list) -> bool:
+    if opname in ("APPEND", "APPENDS"):
+        if record.listitems is None:
+            record.listitems = []
+        record.listitems.extend(items)
+        return True
+    if opname in ("SETITEM", "SETITEMS"):
+        if record.items is None:
+            record.items = {}
+        target = record.items
+        for i in range(0, len(items), 2):
+            key = items[i]
+            if type(key) is not str:
+                vm.check_key(key, target)
+            target[key] = items[i + 1]
+        return True
+    return False  # ADDITEMS: set subclasses pickle their items as arguments
+
+
+_HASHABLE_RECORDS = frozenset({Size, Device, DType, StorageType, GlobalRef, QScheme})
+#: what the torch backend's builder makes of those records: hashed by value (Size)
+#: or identity, cheaply
+_TORCH_VALUE_TYPES = frozenset({("torch", "Size"), ("torch", "dtype"), ("torch", "device"),
+                                ("torch", "qscheme")})
 _DEFAULT_HANDLERS = _default_handlers()
 _TENSOR_FUNCTIONS.update(
     _DEFAULT_HANDLERS[f"torch._utils.{n}"]
     for n in ("_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3",
-              "_rebuild_parameter", "_rebuild_parameter_with_state")
+              "_rebuild_parameter", "_rebuild_parameter_with_state", "_rebuild_qtensor")
 )
 DEFAULT_POLICY = Policy()

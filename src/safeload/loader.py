@@ -14,39 +14,66 @@ from collections.abc import Callable
 from .allowlist import DEFAULT_POLICY, LoadedStorage, Policy, storage_ref_from_pid
 from .errors import CallerError, FormatError, LimitError, SafeloadError
 from .formats import Checkpoint, open_checkpoint
+from .formats.base import PersistentObject, PersistentTensor, PersistentView, PickleStream
 from .formats.source import FileLike, Source
 from .limits import DEFAULT_LIMITS, Limits
+from .records import TensorRecord
 from .unpickler import Unpickler
 
 __all__ = ["load_checkpoint", "resolve_policy", "run_pickle"]
 
 
-def resolve_policy(policy: Policy | None, allow) -> Policy:
-    return (policy or DEFAULT_POLICY).allowing(allow)
+def resolve_policy(policy: Policy | None, allow, records=None) -> Policy:
+    """The policy for one call: ``policy`` (or the default) plus ``allow=`` and
+    ``records=`` (None leaves the policy's records setting as it is)."""
+    return (policy or DEFAULT_POLICY).allowing(allow).with_records(records)
 
 
 def run_pickle(ckpt: Checkpoint, builder, *, policy: Policy, limits: Limits,
-               encoding: str = "ASCII", on_finding=None) -> object:
-    """Run the checkpoint's main pickle through the VM with ``builder``."""
-    stream = ckpt.main_pickle()
+               encoding: str = "utf-8", on_finding=None) -> object:
+    """Run the checkpoint's pickles through the VM with ``builder``: the main
+    pickle for most containers, none or several for numpy files (``assemble``)."""
+    tensors: dict[str, object] = {}  # pre-0.4 tensors named by id: one per key
+
+    def storage(target) -> LoadedStorage:
+        view = None
+        if type(target) is PersistentView:  # legacy view: the root storage, offset
+            view = (target.offset, target.numel)
+            target = target.storage
+        ref = storage_ref_from_pid(target)
+        return LoadedStorage(ref, builder.storage(ref), view)
 
     def persistent_load(pid):
-        ref = storage_ref_from_pid(ckpt.persistent_id(pid))
-        return LoadedStorage(ref, builder.storage(ref))
+        target = ckpt.persistent_id(pid)
+        if type(target) is PersistentObject:
+            return target.value
+        if type(target) is not PersistentTensor:
+            return storage(target)
+        if target.key not in tensors:
+            loaded = storage(target.storage)
+            dtype = loaded.ref.dtype
+            tensors[target.key] = builder.tensor(TensorRecord(
+                storage=loaded.value, storage_ref=loaded.ref, dtype=dtype,
+                offset=loaded.place(target.offset, target.shape, target.stride, dtype),
+                shape=target.shape, stride=target.stride))
+        return tensors[target.key]
 
-    vm = Unpickler(
-        stream.data,
-        policy=policy,
-        builder=builder,
-        persistent_load=persistent_load,
-        limits=limits,
-        encoding=encoding,
-        file=ckpt.source.name,
-        member=stream.member,
-        start=stream.start,
-        on_finding=on_finding,
-    )
-    return vm.load(allow_trailing=stream.allow_trailing)
+    def run(stream: PickleStream) -> object:
+        vm = Unpickler(
+            stream.data,
+            policy=policy,
+            builder=builder,
+            persistent_load=persistent_load,
+            limits=limits,
+            encoding=encoding,
+            file=ckpt.source.name,
+            member=stream.member,
+            start=stream.start,
+            on_finding=on_finding,
+        )
+        return vm.load(allow_trailing=stream.allow_trailing)
+
+    return ckpt.assemble(run)
 
 
 def open_container(source: Source, limits: Limits) -> Checkpoint:
@@ -67,13 +94,14 @@ def load_checkpoint(
     *,
     mmap: bool = False,
     writable_map: bool = False,
-    encoding: str = "ASCII",
+    encoding: str = "utf-8",
     limits: Limits | None = None,
     policy: Policy | None = None,
     allow=None,
+    records=None,
 ) -> object:
     limits = limits or DEFAULT_LIMITS
-    policy = resolve_policy(policy, allow)
+    policy = resolve_policy(policy, allow, records)
     source = Source.open(f, mmap=mmap, writable_map=writable_map)
     try:
         ckpt = open_container(source, limits)

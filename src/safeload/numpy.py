@@ -24,10 +24,11 @@ def load(
     map_location=None,
     *,
     mmap: bool = False,
-    encoding: str = "ASCII",
+    encoding: str = "utf-8",
     limits: Limits | None = None,
     policy: Policy | None = None,
     allow=None,
+    records=None,
 ) -> object:
     """Load a checkpoint with numpy arrays where it holds tensors.
 
@@ -37,6 +38,14 @@ def load(
     only the location tags move. ``mmap=True`` maps the file and returns
     read-only views of it. ``allow`` names globals the caller trusts for this
     call only (``allow={"module.Name": obj}`` or a list of objects).
+
+    ``records=True`` keeps instances of classes outside the allowlist (an
+    ``argparse.Namespace`` in a Lightning checkpoint's hyper-parameters, a
+    pickled dataclass) as inert ``safeload.Record`` values, and classes and
+    functions it merely names as ``GlobalRef``; nothing is imported or called.
+    ``records=["pkg.mod.Enum", "pkg.*"]`` also keeps objects the pickle makes
+    by calling those classes (enums, defaultdict). Known-dangerous names are
+    refused whatever you pass.
 
     Raises ``SafeloadError`` (a ``pickle.UnpicklingError``) for any file it
     refuses, with the file, member, byte offset and opcode of the problem.
@@ -51,4 +60,4 @@ def load(
                            file=ckpt.source.name)
 
     return load_checkpoint(f, make_builder, mmap=mmap, encoding=encoding, limits=limits,
-                           policy=policy, allow=allow)
+                           policy=policy, allow=allow, records=records)

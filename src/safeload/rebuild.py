@@ -19,7 +19,7 @@ import numpy as np
 
 from .dtypes import DTYPES, DType
 from .errors import CallerError, FormatError, LimitError
-from .records import Device, Size, StorageRef, TensorRecord
+from .records import Device, QScheme, QuantizedTensor, Size, StorageRef, TensorRecord
 
 __all__ = ["Builder", "HostBuilder", "Storage", "required_elements", "restore_location"]
 
@@ -51,6 +51,27 @@ class Builder:
 
     def device(self, dev: Device) -> object:
         return dev
+
+    # -- quantized tensors ------------------------------------------------------------
+
+    def qscheme(self, scheme: QScheme) -> object:
+        return scheme
+
+    def as_qscheme(self, value) -> QScheme | None:
+        return value if isinstance(value, QScheme) else None
+
+    def tensor_shape(self, value) -> tuple[int, ...] | None:
+        """Shape of a (non-quantized) tensor this builder made, else None: lets
+        the allowlist check per-channel scales against the quantized tensor."""
+        return value.shape if isinstance(value, TensorRecord) else None
+
+    def qtensor(self, rec: TensorRecord, scheme: str, *, scale: float | None = None,
+                zero_point: int | None = None, scales=None, zero_points=None,
+                axis: int | None = None) -> object:
+        """A quantized tensor (``_rebuild_qtensor``), its parameters validated
+        by the allowlist against ``rec.shape``. Inert: a record over ``rec``."""
+        return QuantizedTensor(rec, rec.dtype, scheme, scale=scale, zero_point=zero_point,
+                               scales=scales, zero_points=zero_points, axis=axis)
 
 
 class Storage:
@@ -194,8 +215,9 @@ class HostBuilder(Builder):
         data = np.frombuffer(raw, np.uint8)
         if self.byteorder != sys.byteorder:
             data = _swapped(data, ref.dtype)
+        storage = self.make_storage(data, ref)
         try:
-            value = self.restore(self.make_storage(data, ref), ref.location, self.default_restore)
+            value = self.restore(storage, ref.location, self.default_restore)
         except Exception as exc:  # the caller's map_location or device: not the file's
             raise CallerError(exc) from exc
         self.loaded[ref.key] = (ref, value)
@@ -213,8 +235,12 @@ class HostBuilder(Builder):
 
     def check_extent(self, rec: TensorRecord, storage_nbytes: int) -> None:
         itemsize = rec.dtype.itemsize
-        need = required_elements(rec.offset, rec.shape, rec.stride)
-        numel = rec.numel
+        # required_elements and rec.numel in one pass (once per tensor)
+        numel, last = 1, rec.offset
+        for size, step in zip(rec.shape, rec.stride, strict=True):
+            numel *= size
+            last += (size - 1) * step
+        need = last + 1 if numel else 0
         if numel * itemsize > _INT64_MAX or need * itemsize > _INT64_MAX:
             raise LimitError(f"tensor of shape {rec.shape} is too large to address")
         if need * itemsize > storage_nbytes:
@@ -231,28 +257,77 @@ class HostBuilder(Builder):
             raise TypeError(f"map_location returned {type(storage).__name__}, not a Storage")
         data = storage.data
         self.check_extent(rec, data.nbytes)
-        return host_view(data, rec)
+        view = host_view(data, rec)
+        if rec.metadata:
+            # torch's lazy conjugate / negative bits: numpy has no such views,
+            # so the values are materialized (the copy no longer aliases).
+            if rec.metadata.get("conj"):
+                view = np.conj(view)
+            if rec.metadata.get("neg"):
+                view = np.negative(view)
+        return view
 
     def parameter(self, data, requires_grad: bool) -> object:
         if not isinstance(data, np.ndarray):
             raise FormatError(f"Parameter data must be a tensor, got {type(data).__name__}")
         return data
 
+    def check_qextent(self, rec: TensorRecord, storage_nbytes: int) -> None:
+        """``check_extent`` for quantized tensors: sub-byte types (quint4x2,
+        quint2x4) pack several elements per byte, and the allowlist only lets
+        them through contiguous and at offset 0."""
+        per_byte = SUB_BYTE_ELEMENTS.get(rec.dtype.name, 1)
+        if per_byte == 1:
+            return self.check_extent(rec, storage_nbytes)
+        need = -(-rec.numel // per_byte)
+        if need > storage_nbytes:
+            raise FormatError(
+                f"{rec.dtype.name} tensor of shape {rec.shape} needs {need} bytes of storage "
+                f"'{rec.storage_ref.key}', which holds {storage_nbytes}",
+                file=self.file,
+            )
+
+    def tensor_shape(self, value) -> tuple[int, ...] | None:
+        return value.shape if isinstance(value, np.ndarray) else None
+
+    def qtensor(self, rec: TensorRecord, scheme: str, *, scale: float | None = None,
+                zero_point: int | None = None, scales=None, zero_points=None,
+                axis: int | None = None) -> QuantizedTensor:
+        storage = rec.storage
+        if not isinstance(storage, Storage):
+            raise TypeError(f"map_location returned {type(storage).__name__}, not a Storage")
+        self.check_qextent(rec, storage.data.nbytes)
+        per_byte = SUB_BYTE_ELEMENTS.get(rec.dtype.name, 1)
+        if per_byte == 1:
+            int_repr = host_view(storage.data, rec)
+        else:  # packed: torch's int_repr() is the bytes, flat
+            int_repr = storage.data[: -(-rec.numel // per_byte)]
+        if scheme == "per_channel_affine" and isinstance(zero_points, np.ndarray) and \
+                zero_points.dtype.kind == "f":
+            # torch writes float-qparams tensors under per_channel_affine; the
+            # float zero points are what make torch rebuild them as float_qparams
+            scheme = "per_channel_affine_float_qparams"
+        if scheme == "per_channel_affine_float_qparams":
+            want = (np.float32, np.float32)
+        else:
+            want = (np.float64, np.int64)
+        if isinstance(scales, list):
+            scales = np.array(scales, dtype=want[0])
+        if isinstance(zero_points, list):
+            zero_points = np.array(zero_points, dtype=want[1])
+        return QuantizedTensor(int_repr, rec.dtype, scheme, scale=scale, zero_point=zero_point,
+                               scales=scales, zero_points=zero_points, axis=axis)
+
 
 def host_view(data: np.ndarray, rec: TensorRecord) -> np.ndarray:
     """numpy view of ``rec`` over a uint8 buffer whose extent was checked."""
     dtype = rec.dtype.numpy
     itemsize = rec.dtype.itemsize
-    if rec.numel == 0:  # keep torch's strides; the offset may lie past the end
-        return np.ndarray(rec.shape, dtype=dtype, buffer=data[:0],
-                          strides=tuple(s * itemsize for s in rec.stride))
-    return np.ndarray(
-        rec.shape,
-        dtype=dtype,
-        buffer=data,
-        offset=rec.offset * itemsize,
-        strides=tuple(s * itemsize for s in rec.stride),
-    )
+    strides = tuple([s * itemsize for s in rec.stride])  # a list is built faster than a genexpr
+    if 0 in rec.shape:  # numel == 0: keep torch's strides; the offset may lie past the end
+        return np.ndarray(rec.shape, dtype=dtype, buffer=data[:0], strides=strides)
+    return np.ndarray(rec.shape, dtype=dtype, buffer=data, offset=rec.offset * itemsize,
+                      strides=strides)
 
 
 def _swapped(data: np.ndarray, dtype: DType) -> np.ndarray:
@@ -266,3 +341,6 @@ def _swapped(data: np.ndarray, dtype: DType) -> np.ndarray:
 
 
 UINT8 = DTYPES["uint8"]
+
+#: quantized types that pack several elements into one byte: elements per byte
+SUB_BYTE_ELEMENTS = {"quint4x2": 2, "quint2x4": 4}
