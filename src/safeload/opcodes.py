@@ -85,10 +85,46 @@ def _counted(size_reader):
     return read
 
 
-read_bytes1 = _counted(read_uint1)
-read_bytes4 = _counted(read_uint4)
 read_bytes8 = _counted(read_uint8)
 read_string4 = _counted(read_int4)  # BINSTRING's length is signed
+
+
+# The 1- and 4-byte counted readers are _counted / _utf8 written out flat: a
+# state dict's keys and storage names are read by them, once per tensor each.
+def read_bytes1(data, pos):
+    if pos >= len(data):
+        _trunc(data, pos, 1)
+    end = pos + 1 + data[pos]
+    if end > len(data):
+        _trunc(data, pos + 1, data[pos])
+    return data[pos + 1 : end], end
+
+
+def read_bytes4(data, pos):
+    if pos + 4 > len(data):
+        _trunc(data, pos, 4)
+    end = pos + 4 + _U4(data, pos)[0]
+    if end > len(data):
+        _trunc(data, pos + 4, end - pos - 4)
+    return data[pos + 4 : end], end
+
+
+def read_unicode1(data, pos):
+    if pos >= len(data):
+        _trunc(data, pos, 1)
+    end = pos + 1 + data[pos]
+    if end > len(data):
+        _trunc(data, pos + 1, data[pos])
+    return str(data[pos + 1 : end], "utf-8", "surrogatepass"), end
+
+
+def read_unicode4(data, pos):
+    if pos + 4 > len(data):
+        _trunc(data, pos, 4)
+    end = pos + 4 + _U4(data, pos)[0]
+    if end > len(data):
+        _trunc(data, pos + 4, end - pos - 4)
+    return str(data[pos + 4 : end], "utf-8", "surrogatepass"), end
 
 
 def _utf8(reader):
@@ -99,8 +135,6 @@ def _utf8(reader):
     return read
 
 
-read_unicode1 = _utf8(read_bytes1)
-read_unicode4 = _utf8(read_bytes4)
 read_unicode8 = _utf8(read_bytes8)
 
 

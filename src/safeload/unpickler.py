@@ -20,6 +20,8 @@ goes on, so a scanner sees every finding. Structural errors still stop it.
 from __future__ import annotations
 
 import _compat_pickle
+import gc
+import struct
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -63,6 +65,7 @@ from .opcodes import (
 
 __all__ = ["Opaque", "Unpickler"]
 
+_UINT4 = struct.Struct("<I").unpack_from  # LONG_BINPUT's index, read inline
 _HIGHEST_PROTOCOL = 5
 _COLLIDING_KEYS = 16  # distinct non-str keys of one container sharing one hash
 
@@ -134,6 +137,10 @@ class Unpickler:
         self.op_offset = start
         self.unbuilt: set[int] = set()  # ids of objects a handler made for BUILD
         self.keepalive: list = []  # objects whose ids are in unbuilt
+        # bounds the hot opcodes test, read once (Limits is frozen)
+        self._max_memo = limits.max_memo
+        self._max_nesting = limits.max_nesting
+        self._max_bytes = limits.max_bytes
         self._dispatch: list = [self._op_unknown] * 256
         for op in OPCODES:
             self._dispatch[op.code] = getattr(self, "_op_" + op.name)
@@ -144,6 +151,19 @@ class Unpickler:
         """Run to STOP. ``self.pos`` is then just past STOP. Trailing bytes are
         a FormatError unless ``allow_trailing`` (the legacy format chains
         pickles)."""
+        # The cyclic GC is paused for the run: the VM allocates a few tracked
+        # objects per opcode, and collections triggered by them rescan every
+        # object built so far (a third of the time on a 20 000-tensor state
+        # dict). The memory a run can hold is bounded by Limits either way.
+        if not gc.isenabled():
+            return self._run(allow_trailing)
+        gc.disable()
+        try:
+            return self._run(allow_trailing)
+        finally:
+            gc.enable()
+
+    def _run(self, allow_trailing: bool) -> object:
         data = self.data
         dispatch = self._dispatch
         pos = self.pos
@@ -152,6 +172,16 @@ class Unpickler:
         max_ops = self.limits.max_ops
         try:
             try:
+                if len(data) - pos <= max_ops:
+                    # Every opcode consumes at least its own byte, so this
+                    # pickle cannot run more than max_ops opcodes: no count.
+                    # On an exception, pos is still the failing opcode's offset.
+                    try:
+                        while True:
+                            pos = dispatch[data[pos]](pos + 1)
+                    except BaseException:
+                        start = pos
+                        raise
                 while True:
                     start = pos
                     pos = dispatch[data[pos]](pos + 1)
@@ -277,6 +307,9 @@ class Unpickler:
             elif t not in _SCALAR_KEYS and t is not str and t is not bytes \
                     and not self.policy.is_hashable_record(item):
                 raise FormatError(f"unhashable or unsupported key part of type {t.__name__}")
+        # one big tuple shared by many keys (via the memo) is walked and hashed
+        # once per key: the walk is paid from the copy budget
+        self.charge(10_000 - budget)
 
     def _push(self, value) -> None:
         self.stack.append(value)
@@ -340,6 +373,8 @@ class Unpickler:
 
     # integers
     def _op_INT(self, pos):
+        line_end = self.data.find(b"\n", pos)  # int(x, 0) reads hex of any length
+        self.limits.check("INT digits", line_end - pos, 2 * self.limits.max_int_bytes)
         value, pos = read_decimal_int(self.data, pos)
         self.stack.append(value)
         return pos
@@ -395,9 +430,9 @@ class Unpickler:
 
     def _bytes_op(reader):  # noqa: N805 - builds methods
         def op(self, pos):
-            n_pos = pos
-            value, pos = reader(self.data, n_pos)
-            self.limits.check("bytes length", len(value), self.limits.max_bytes)
+            value, pos = reader(self.data, pos)
+            if len(value) > self._max_bytes:  # limits.check only on the way to failing
+                self.limits.check("bytes length", len(value), self.limits.max_bytes)
             self.stack.append(value)
             return pos
 
@@ -406,8 +441,23 @@ class Unpickler:
     _op_BINBYTES = _bytes_op(read_bytes4)
     _op_SHORT_BINBYTES = _bytes_op(read_bytes1)
     _op_BINBYTES8 = _bytes_op(read_bytes8)
-    _op_SHORT_BINUNICODE = _bytes_op(read_unicode1)
-    _op_BINUNICODE = _bytes_op(read_unicode4)
+
+    # Every state-dict key is a BINUNICODE (or SHORT_BINUNICODE): _bytes_op
+    # written out, one call less each.
+    def _op_SHORT_BINUNICODE(self, pos):
+        value, pos = read_unicode1(self.data, pos)
+        if len(value) > self._max_bytes:
+            self.limits.check("bytes length", len(value), self.limits.max_bytes)
+        self.stack.append(value)
+        return pos
+
+    def _op_BINUNICODE(self, pos):
+        value, pos = read_unicode4(self.data, pos)
+        if len(value) > self._max_bytes:
+            self.limits.check("bytes length", len(value), self.limits.max_bytes)
+        self.stack.append(value)
+        return pos
+
     _op_BINUNICODE8 = _bytes_op(read_unicode8)
     _op_UNICODE = _bytes_op(read_unicodenl)
 
@@ -467,7 +517,7 @@ class Unpickler:
         value = stack.pop()
         target = stack[-1]
         if type(target) is not list:
-            self._refuse_mutation("APPEND", target)
+            self._refuse_mutation("APPEND", target, [value])
         else:
             target.append(value)
         return pos
@@ -476,7 +526,7 @@ class Unpickler:
         items = self._pop_mark()
         target = self.stack[-1]
         if type(target) is not list:
-            self._refuse_mutation("APPENDS", target)
+            self._refuse_mutation("APPENDS", target, items)
         else:
             target.extend(items)
         return pos
@@ -531,7 +581,7 @@ class Unpickler:
         key = stack.pop()
         target = stack[-1]
         if type(target) not in _DICT_TYPES:
-            self._refuse_mutation("SETITEM", target)
+            self._refuse_mutation("SETITEM", target, [key, value])
             return pos
         if type(key) is not str:
             self.check_key(key, target)
@@ -544,7 +594,7 @@ class Unpickler:
         if len(items) % 2:
             raise FormatError("SETITEMS with an odd number of items")
         if type(target) not in _DICT_TYPES:
-            self._refuse_mutation("SETITEMS", target)
+            self._refuse_mutation("SETITEMS", target, items)
             return pos
         self._set_items(target, items)
         return pos
@@ -553,7 +603,7 @@ class Unpickler:
         items = self._pop_mark()
         target = self.stack[-1]
         if type(target) is not set:
-            self._refuse_mutation("ADDITEMS", target)
+            self._refuse_mutation("ADDITEMS", target, items)
             return pos
         for item in items:
             self.check_key(item, target)
@@ -568,9 +618,11 @@ class Unpickler:
         self.stack.append(frozenset(items))
         return pos
 
-    def _refuse_mutation(self, opname: str, target) -> None:
+    def _refuse_mutation(self, opname: str, target, items: list) -> None:
         if isinstance(target, Opaque):  # analysis mode: already reported
             return
+        if self.policy.container_items(self, opname, target, items):
+            return  # the policy took them (a Record's items, under the records policy)
         raise FormatError(
             f"{opname} on a {type(target).__name__} value: container opcodes only "
             "apply to the list / dict / set values the pickle itself built"
@@ -589,9 +641,10 @@ class Unpickler:
         return pos
 
     def _op_MARK(self, pos):
-        self.metastack.append(self.stack)
+        metastack = self.metastack
+        metastack.append(self.stack)
         self.stack = []
-        if len(self.metastack) > self.limits.max_nesting:
+        if len(metastack) > self._max_nesting:
             raise LimitError(f"more than {self.limits.max_nesting} open MARKs")
         return pos
 
@@ -610,7 +663,8 @@ class Unpickler:
         if index < 0:
             raise FormatError(f"negative memo key {index}")
         memo = self.memo
-        if index not in memo and len(memo) >= self.limits.max_memo:
+        # len() first: the bound is far away for every real pickle
+        if len(memo) >= self._max_memo and index not in memo:
             raise LimitError(f"memo holds more than {self.limits.max_memo} entries")
         memo[index] = self.stack[-1]
 
@@ -628,7 +682,10 @@ class Unpickler:
 
     def _op_LONG_BINGET(self, pos):
         index, pos = read_uint4(self.data, pos)
-        self._get(index)
+        try:  # _get, inlined: memo opcodes are a third of a state dict's
+            self.stack.append(self.memo[index])
+        except KeyError:
+            raise FormatError(f"memo key {index} was never stored") from None
         return pos
 
     def _op_PUT(self, pos):
@@ -636,14 +693,26 @@ class Unpickler:
         self._put(index)
         return pos
 
+    # BINPUT / LONG_BINPUT inline _put (their keys are unsigned: never negative)
     def _op_BINPUT(self, pos):
-        self._put(self.data[pos])
+        index = self.data[pos]
+        memo = self.memo
+        if len(memo) >= self._max_memo and index not in memo:
+            raise LimitError(f"memo holds more than {self.limits.max_memo} entries")
+        memo[index] = self.stack[-1]
         return pos + 1
 
     def _op_LONG_BINPUT(self, pos):
-        index, pos = read_uint4(self.data, pos)
-        self._put(index)
-        return pos
+        # the commonest opcode of a large state dict: read_uint4, inlined too
+        data = self.data
+        if pos + 4 > len(data):
+            read_uint4(data, pos)  # raises Truncated, with the reader's message
+        index = _UINT4(data, pos)[0]
+        memo = self.memo
+        if len(memo) >= self._max_memo and index not in memo:
+            raise LimitError(f"memo holds more than {self.limits.max_memo} entries")
+        memo[index] = self.stack[-1]
+        return pos + 4
 
     def _op_MEMOIZE(self, pos):
         self._put(len(self.memo))
@@ -695,7 +764,10 @@ class Unpickler:
         self.op_offset = pos - 1
         stack = self.stack
         args = stack.pop()
-        stack[-1] = self._call(stack[-1], args, "REDUCE")
+        func = stack[-1]
+        if type(args) is not tuple:  # _call, inlined: one REDUCE or two per tensor
+            raise FormatError(f"REDUCE arguments must be a tuple, got {type(args).__name__}")
+        stack[-1] = self.policy.call(self, func, args, None, "REDUCE")
         return pos
 
     def _op_NEWOBJ(self, pos):
