@@ -156,6 +156,9 @@ def _arity(args: tuple, lo: int, hi: int, name: str) -> None:
 
 _LOCATION = re.compile(r"[a-z_][a-z0-9_]{0,31}(:[0-9]{1,4})?\Z")
 _KEY = re.compile(r"[A-Za-z0-9_.\-]{1,128}\Z")
+#: locations _LOCATION accepts that nearly every file uses (a shortcut, not a rule)
+_COMMON_LOCATIONS = frozenset(["cpu", "cuda", "mps", "meta"] + [f"cuda:{i}" for i in range(8)])
+assert all(_LOCATION.match(x) for x in _COMMON_LOCATIONS)
 
 
 def storage_ref_from_pid(pid) -> StorageRef:
@@ -174,9 +177,15 @@ def storage_ref_from_pid(pid) -> StorageRef:
         _fail("persistent id must name a torch storage type")
     if type(key) is int:  # legacy files use int-like keys; zip keys are str
         key = str(key)
-    if type(key) is not str or not _KEY.match(key):
+    # Once per storage: torch's keys (short, ASCII letters and digits) and
+    # common locations pass without a regex; the regexes decide the rest.
+    if type(key) is not str or not (
+        len(key) <= 128 and key.isascii() and key.isalnum() or _KEY.match(key)
+    ):
         _fail(f"storage key {_brief(key, 60)} is not a plain record name")
-    if type(location) is not str or not _LOCATION.match(location):
+    if type(location) is not str or not (
+        location in _COMMON_LOCATIONS or _LOCATION.match(location)
+    ):
         _fail(f"storage location {_brief(location, 60)} is not a device tag")
     if type(numel) is not int or numel < 0:
         _fail(f"storage size {_brief(numel)} is not a non-negative int")
@@ -747,6 +756,10 @@ class Policy:
         if obj is not None:
             return Handler(full, push=lambda vm, o=obj: o)
         if self.records is not None:
+            if module == "__main__" and full not in self.records.exact:
+                # __main__ is whichever script loads the file: the file cannot say
+                # what code that is, so such names are kept only when named.
+                return None
             return _record_lookup(module, name)
         return None
 
@@ -763,6 +776,13 @@ class Policy:
                 f"global '{full}' is refused: it {why}",
                 global_name=full,
                 hint=hint,
+            )
+        if module == "__main__" and self.records is not None:
+            return UnsafeGlobalError(
+                f"global '{full}' names code in whichever script loads the file",
+                global_name=full,
+                hint=(f"Even records=True keeps __main__ names only when named: pass "
+                      f"records=['{full}'] if you trust this file"),
             )
         return UnsafeGlobalError(
             f"global '{full}' is not in safeload's allowlist of tensor, storage and "

@@ -379,6 +379,13 @@ COMMANDS = ("scan", "inspect", "convert")
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``safeload`` console script; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["convert"]:
+        # convert parses its own options: argparse's REMAINDER would refuse a
+        # leading one (`safeload convert --records a.ckpt b.safetensors`, `-h`)
+        from .convert import main as convert_main
+
+        return convert_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

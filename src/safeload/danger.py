@@ -104,6 +104,7 @@ DANGEROUS_MODULES: dict[str, str] = {
     "torch._dynamo": "runs code",
     "torch._inductor": "compiles and runs code",
     "torch.utils.cpp_extension": "compiles and runs code",
+    "torch.utils.bottleneck": "runs code under a profiler",
     "torch.utils.data": "runs code",
     "torch._C": "calls native functions",
     "torch.ops": "calls native operators",

@@ -241,6 +241,29 @@ def test_a_bare_tensor_is_named_tensor(tmp_path):
                                                                                    [1, 3]]
 
 
+def test_pickled_numpy_arrays_are_written_little_endian(tmp_path):
+    import pickle
+
+    src = tmp_path / "np.pkl"
+    src.write_bytes(pickle.dumps({"big": np.arange(4, dtype=">f4").reshape(2, 2),
+                                  "scalar": np.float64(2.5)}, protocol=4))
+    result = safeload.convert(src, tmp_path / "np.safetensors")
+    assert result.tensors == {"big": ("F32", (2, 2))}
+    assert json.loads(result.metadata["scalar"]) == 2.5
+    assert st_numpy.load_file(tmp_path / "np.safetensors")["big"].tolist() == [[0, 1], [2, 3]]
+
+
+def test_safeload_convert_subcommand_takes_leading_options(tmp_path, capsys):
+    from safeload.cli import main
+
+    src = tmp_path / "hp.ckpt"
+    torch.save({"w": torch.ones(1), "hp": argparse.Namespace(lr=0.1)}, src)
+    assert main(["convert", "--records", str(src), str(tmp_path / "hp.safetensors")]) == 0
+    assert "wrote 1 tensors" in capsys.readouterr().out
+    assert main(["convert", str(src), str(tmp_path / "no.safetensors")]) == 1
+    assert "records=True" in capsys.readouterr().err
+
+
 def test_safeload_convert_is_callable_after_importing_the_submodule(source, tmp_path):
     import safeload.convert as module
 

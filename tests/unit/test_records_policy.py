@@ -561,7 +561,7 @@ RECORD_FILES = {
     "deeponet_burgers.ckpt": True,  # Lightning: argparse.Namespace hparams
     "long-short-lstm_last.ckpt": True,  # Lightning: a function in the hparams
     "max78000_best.pth.tar": True,  # distiller: torch.optim.adam.Adam class
-    "herbsek_full_model.pth": True,  # a whole pickled nn.Module
+    "herbsek_full_model.pth": ["__main__.cnn"],  # a whole pickled nn.Module
     "hf_trainer_training_args.bin": ["transformers.*", "accelerate.*"],  # enums: calls
     "eyetrack_read_features_last.ckpt": True,  # Lightning, already plain
     "mafat_last.ckpt": True,  # Lightning 0.8, already plain
@@ -703,15 +703,8 @@ def _malicious() -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file())
 
 
-#: attack samples whose pickle holds neither a call nor a dangerous name: their
-#: payload lives in the victim's own class code (SOURCES.md says so), which records
-#: never run. Under records they load as inert data; see the test below.
-INERT_UNDER_RECORDS = {"binaryninja_malicious_model_pytorch.pth"}
-
-
 @needs_corpus
-@pytest.mark.parametrize("path", [pytest.param(p, id=p.name) for p in _malicious()
-                                  if p.name not in INERT_UNDER_RECORDS])
+@pytest.mark.parametrize("path", [pytest.param(p, id=p.name) for p in _malicious()])
 def test_malicious_file_is_refused_under_records(path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SafeloadError):
@@ -722,17 +715,21 @@ def test_malicious_file_is_refused_under_records(path, tmp_path, monkeypatch):
 
 
 @needs_corpus
-def test_malicious_file_without_a_call_loads_as_inert_data_under_records():
+def test_main_references_load_only_when_named():
+    """binaryninja's sample holds no call: its payload would live in the loading
+    script's own __main__ classes. records=True refuses those names; naming them
+    keeps them as inert references."""
     path = CORPUS / "malicious" / "binaryninja_malicious_model_pytorch.pth"
     if not path.is_file():
         pytest.skip("file not in the corpus")
-    with pytest.raises(UnsafeGlobalError):  # the default policy refuses it
-        safeload.load(path)
-    state = safeload.load(path, records=True)
+    with pytest.raises(UnsafeGlobalError, match="__main__.MaliciousModel") as info:
+        safeload.load(path, records=True)
+    assert "records=['__main__.MaliciousModel']" in info.value.hint
+    names = ["__main__.MaliciousModel", "__main__.MaliciousLayer"]
+    state = safeload.load(path, records=names)
     assert state["model_class"] == GlobalRef("__main__", "MaliciousModel")
     assert state["layer_class"] == GlobalRef("__main__", "MaliciousLayer")
-    # the "payload" is a string the victim's class would exec; here it is a string
-    assert isinstance(state["model_state_dict"]["_malicious_code"], str)
+    assert isinstance(state["model_state_dict"]["_malicious_code"], str)  # never run
 
 
 @needs_corpus
@@ -772,4 +769,4 @@ def test_loading_malicious_files_with_records_imports_and_writes_nothing(tmp_pat
     assert new == [], f"loading attack files with records imported {new}"
     assert sorted(os.listdir(tmp_path)) == ["canary.txt"]
     outcomes = {Path(p).name: o for p, o in report["outcomes"].items()}
-    assert {n for n, o in outcomes.items() if o != "refused"} <= INERT_UNDER_RECORDS
+    assert {n for n, o in outcomes.items() if o != "refused"} == set()
