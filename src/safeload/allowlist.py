@@ -171,6 +171,9 @@ def storage_ref_from_pid(pid) -> StorageRef:
         _fail(f"persistent id must be a 5-tuple ('storage', type, key, location, numel), "
               f"got {type(pid).__name__} of length {len(pid) if type(pid) is tuple else '-'}")
     typename, storage_type, key, location, numel = pid[:5]
+    if len(pid) == 6 and pid[5] is not None:
+        # a legacy view reaching here would load as its whole root storage
+        _fail("storage views in persistent ids are only valid in legacy files")
     if typename != "storage":
         _fail(f"persistent id kind must be 'storage', got {_brief(typename)}")
     if type(storage_type) is not StorageType:

@@ -462,3 +462,29 @@ def test_burn_tar_fixtures(name: str) -> None:
     with pytest.raises(safeload.FormatError, match="persistent id") as err:
         safeload.load(path)
     assert err.value.member == "pickle"
+
+
+def test_random_corruption_only_ever_raises_safeload_errors(tmp_path: Path) -> None:
+    import random
+
+    data = bytes(_tar_bytes(tmp_path))
+    used = len(data.rstrip(b"\0"))  # the headers and members, not the zero padding
+    rng = random.Random(7)
+    for _ in range(250):
+        mutated = bytearray(data)
+        for _ in range(rng.randint(1, 3)):
+            mutated[rng.randrange(used)] = rng.randrange(256)
+        try:
+            safeload.load(bytes(mutated))
+        except safeload.SafeloadError:
+            pass
+
+
+def test_big_endian_writer_stored_counts_in_its_own_order(tmp_path: Path) -> None:
+    # pre-0.4 torch wrote the element count natively and the bytes little-endian
+    info = dict(SYS_INFO, little_endian=False)
+    members = _small(storages=_storages_case(counts={1: struct.pack(">q", 4)}, views=[]))
+    members = _with(members, "sys_info", _pk(info, 2))
+    ckpt = open_tar(Source.open(write_tar(tmp_path / "t.tar", members)))
+    assert any("big-endian" in note for note in ckpt.notes)
+    assert safeload.load(tmp_path / "t.tar")["t"].tolist() == [0.0, 1.0, 2.0, 3.0]

@@ -128,6 +128,10 @@ def _npy(header: str | bytes, body: bytes = b"", version: tuple[int, int] = (1, 
          safeload.FormatError, "not a plain dtype"),
         (_npy("{'descr': 'float32', 'fortran_order': False, 'shape': (2,)}"),
          safeload.FormatError, "not a plain dtype"),
+        (_npy("{'descr': 'S0', 'fortran_order': False, 'shape': (1152921504606846976,)}"),
+         safeload.FormatError, "has no size"),
+        (_npy("{'descr': '<M8[zz]', 'fortran_order': False, 'shape': (1,)}", bytes(8)),
+         safeload.FormatError, "not one numpy knows"),
         (_npy("__import__('os').system('echo pwned')"), safeload.FormatError,
          "not a Python literal"),
         (_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2,)"), safeload.FormatError,
@@ -311,3 +315,22 @@ def test_npz_object_members_run_through_the_vm() -> None:
 def test_npz_with_junk_before_it_is_a_polyglot() -> None:
     with pytest.raises(safeload.FormatError, match="polyglot"):
         safeload.load(b"\x80\x02K\x01." + _npz(a=np.arange(3)))
+
+
+@pytest.mark.parametrize("make", [lambda: npy_bytes(_array("<f4", (3, 5))),
+                                  lambda: _npz(a=_array("<i2"), b=_array("?", (4,))),
+                                  lambda: _npz(True, a=_array("<i2"), b=_array("<c8", (4,)))],
+                         ids=["npy", "npz", "npz-deflated"])
+def test_random_corruption_only_ever_raises_safeload_errors(make) -> None:
+    import random
+
+    data = make()
+    rng = random.Random(99)
+    for _ in range(300):
+        mutated = bytearray(data)
+        for _ in range(rng.randint(1, 3)):
+            mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+        try:
+            safeload.load(bytes(mutated))
+        except safeload.SafeloadError:
+            pass

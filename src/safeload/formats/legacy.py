@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import re
 
-from ..errors import FormatError, LimitError
+from ..errors import FormatError, LimitError, short_repr
 from ..limits import DEFAULT_LIMITS, Limits
 from ..opcodes import BY_CODE, Truncated
 from .base import Checkpoint, PersistentObject, PersistentView, PickleStream
@@ -146,7 +146,7 @@ def check_sys_info(value, *, protocols: tuple[int, ...], where: dict) -> bool:
 def storage_key(key, what: str = "storage key") -> str:
     """A storage key as the records name it: str, or the int / Python 2 bytes of
     old files, as text."""
-    if type(key) is int and key >= 0:
+    if type(key) is int and 0 <= key < 2**64:
         return str(key)
     if type(key) is bytes:
         try:
@@ -154,7 +154,7 @@ def storage_key(key, what: str = "storage key") -> str:
         except UnicodeDecodeError:
             raise FormatError(f"{what} is not ASCII") from None
     if type(key) is not str or not _VIEW_KEY.match(key):
-        raise FormatError(f"{what} {key!r:.60} is not a plain record name")
+        raise FormatError(f"{what} {short_repr(key)} is not a plain record name")
     return key
 
 
@@ -207,14 +207,14 @@ class LegacyCheckpoint(Checkpoint):
     """A validated legacy stream. ``storage(key)`` is a view of the file."""
 
     def __init__(self, source: Source, *, little_endian: bool, main: bytes, main_at: int,
-                 records: dict[str, tuple[int, int]]) -> None:
+                 keys: list[str]) -> None:
         super().__init__(kind="legacy", source=source, byteorder="little")
         self.little_endian = little_endian
         self._main = main
         self._main_member = f"main pickle at byte {main_at}"
-        self._records = records  # key -> (offset, nbytes)
+        self._roots = set(keys)  # the storage-key list
+        self._records: dict[str, tuple[int, int]] = {}  # key -> (offset, nbytes), once laid out
         self._views: dict[str, tuple[str, int, int]] = {}
-        self._roots = set(records)
         if not little_endian:
             self.notes.append("written on a big-endian machine (sys_info); storage bytes "
                               "are little-endian as torch writes them")
@@ -254,7 +254,7 @@ class LegacyCheckpoint(Checkpoint):
             raise FormatError("legacy storage view offset and size must be non-negative ints")
         if type(numel) is not int or offset + size > numel:
             raise FormatError(f"storage view '{view_key}' of {size} elements at {offset} "
-                              f"leaves storage '{root[2]}' of {numel!r:.40} elements")
+                              f"leaves storage '{root[2]}' of {short_repr(numel)} elements")
         if view_key in self._roots:
             raise FormatError(f"storage view key '{view_key}' names a stored storage")
         seen = self._views.setdefault(view_key, (root[2], offset, size))
@@ -324,7 +324,7 @@ def open_legacy(source: Source, *, limits: Limits = DEFAULT_LIMITS) -> LegacyChe
         raise FormatError("not a torch legacy file: wrong magic number", file=name, offset=0)
     protocol = header("protocol version")
     if type(protocol) is not int or protocol != PROTOCOL_VERSION:
-        raise FormatError(f"unsupported legacy protocol version {protocol!r:.20} "
+        raise FormatError(f"unsupported legacy protocol version {short_repr(protocol)} "
                           f"(torch writes {PROTOCOL_VERSION})", file=name)
     little_endian = check_sys_info(header("sys_info"), protocols=(PROTOCOL_VERSION,),
                                    where={"file": name, "member": "sys_info pickle"})
@@ -337,13 +337,14 @@ def open_legacy(source: Source, *, limits: Limits = DEFAULT_LIMITS) -> LegacyChe
                           file=name)
     limits.check("storage records", len(keys), limits.max_records, file=name)
     listed = [storage_key(k) for k in keys]
-    if len(set(listed)) != len(listed):
-        dup = next(k for i, k in enumerate(listed) if k in listed[:i])
-        raise FormatError(f"storage '{dup}' is listed twice", file=name)
+    seen: set[str] = set()
+    for key in listed:
+        if key in seen:
+            raise FormatError(f"storage '{key}' is listed twice", file=name)
+        seen.add(key)
 
     ckpt = LegacyCheckpoint(source, little_endian=little_endian, main=main, main_at=main_at,
-                            records={})
-    ckpt._roots = set(listed)
+                            keys=listed)
     declared = _declared_storages(ckpt, limits=limits)
     missing = [k for k in declared if k not in ckpt._roots]
     if missing:
@@ -356,22 +357,20 @@ def open_legacy(source: Source, *, limits: Limits = DEFAULT_LIMITS) -> LegacyChe
 
     records: dict[str, tuple[int, int]] = {}
     pos = keys_end
-    for key in listed:
+    for key in listed:  # offsets in these errors are the record's, in the file
         ref = declared[key]
-        member = f"storage '{key}'"
         if end - pos < 8:
-            raise FormatError("the file ends inside a storage record's element count",
-                              file=name, member=member, offset=pos)
+            raise FormatError(f"the file ends inside storage '{key}''s element count",
+                              file=name, offset=pos)
         count = read_count(source.view(pos, 8), little_endian=little_endian,
                            declared=ref.numel)
         if count != ref.numel:
             raise FormatError(f"storage '{key}' holds {count} elements, its persistent id "
-                              f"declares {ref.numel}", file=name, member=member, offset=pos)
+                              f"declares {ref.numel}", file=name, offset=pos)
         nbytes = count * ref.dtype.itemsize
         if nbytes > end - pos - 8:
             raise FormatError(f"storage '{key}' needs {nbytes} bytes, the file has "
-                              f"{end - pos - 8} left (truncated)", file=name, member=member,
-                              offset=pos)
+                              f"{end - pos - 8} left (truncated)", file=name, offset=pos)
         records[key] = (pos + 8, nbytes)
         pos += 8 + nbytes
     if pos != end:

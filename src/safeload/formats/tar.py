@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import struct
 
-from ..errors import FormatError
+from ..errors import FormatError, short_repr
 from ..limits import DEFAULT_LIMITS, Limits
 from .base import Checkpoint, PersistentObject, PersistentTensor, PersistentView, PickleStream
 from .legacy import PROTOCOL_VERSION, check_sys_info, pickle_end, run_small_pickle, storage_key
@@ -300,7 +300,8 @@ def _read_storages(ckpt: TarCheckpoint, reader: _Reader, *, little_endian: bool)
             raise reader.fail(f"storage view '{key}' reuses a storage key")
         if type(offset) is not int or type(numel) is not int or offset < 0 or numel < 0 \
                 or offset + numel > root[4]:
-            raise reader.fail(f"storage view '{key}' ({offset!r:.20} + {numel!r:.20}) leaves "
+            raise reader.fail(f"storage view '{key}' ({short_repr(offset)} + "
+                              f"{short_repr(numel)}) leaves "
                               f"storage '{root_key}' of {root[4]} elements")
         ckpt.views[key] = PersistentView(root, offset, numel)
     if not reader.at_end():

@@ -252,8 +252,12 @@ class TorchZip:
         """The bytes of storage record ``data/<key>``: zero-copy (a view of the
         file's buffer or mmap) and not CRC-checked, since storages can be huge."""
         span = None
-        if isinstance(key, str) and _STORAGE_KEY.fullmatch(key):
-            span = self._span(f"data/{key}")
+        # Called once per tensor storage: ASCII letters and digits (torch's
+        # keys) pass without the regex, which decides everything else.
+        if isinstance(key, str) and (
+            key.isascii() and key.isalnum() or _STORAGE_KEY.fullmatch(key)
+        ):
+            span = self._spans.get(f"{self.prefix}/data/{key}")
         if span is None:
             _fail(self.source, f"storage record 'data/{key}' is missing",
                   member=f"{self.prefix}/data/{key}")
