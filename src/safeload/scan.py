@@ -171,9 +171,10 @@ RULES: dict[str, Rule] = {
         Rule("SL304", "unreadable", "malformed",
              "The file or an archive member could not be read.",
              "I/O error, an unsupported compression method, or an encrypted member."),
-        Rule("SL401", "unknown-record", "info",
-             "The archive holds a record that torch.load and safeload never read.",
-             "It does not change how the checkpoint loads."),
+        Rule("SL401", "container-note", "info",
+             "The container holds something the loader notes but never reads.",
+             "For example a record torch.load and safeload never read. It does not change "
+             "how the checkpoint loads."),
         Rule("SL402", "skipped-members", "info",
              "Archive members that are not model files were not scanned.",
              "Content-sniffed: not zip, pickle, numpy or tar."),
@@ -753,12 +754,15 @@ class _FileScanner:
             rule = "torchscript-global"
         else:
             rule = "unknown-global"
-        message = err.reason
+        message, hint = err.reason, err.hint
+        if rule == "unknown-global":
+            hint = (f"If you trust this file and {base}, accept it by name: --allow {base} "
+                    "(or [tool.safeload] allow); safeload never imports it")
         why = danger(base) if rule != "build-on-global" else None
         if rule in ("dangerous-call", "dangerous-object-state") and why:
             message = f"{message}: it {why}"
         self.add(rule, message, member=_join(prefix, loc.member), offset=loc.offset,
-                 opcode=loc.opcode, global_name=base, hint=err.hint)
+                 opcode=loc.opcode, global_name=base, hint=hint)
 
     # -- dispatch ----------------------------------------------------------------------
 
@@ -782,7 +786,7 @@ class _FileScanner:
             self._salvage(kind, source, prefix, depth)
             return kind
         for note in ckpt.notes:
-            self.add("unknown-record", f"{note}", member=prefix)
+            self.add("container-note", f"{note}", member=prefix)
         failure = self._run_checkpoint(ckpt, prefix)
         if failure is not None:
             # What the loader read up to the failure was analysed; look further.
@@ -913,17 +917,18 @@ class _FileScanner:
         end = self.run_chain(data, 0, prefix)
         self._trailing(data, end, prefix, depth)
 
-    def _trailing(self, data: bytes, end: int, prefix, depth: int) -> None:
-        """Bytes after the last pickle: another format means a polyglot."""
+    def _trailing(self, data, end: int, prefix, depth: int, after: str = "pickle") -> None:
+        """Bytes after the last pickle (or zip): another format means a polyglot."""
         if end >= len(data) or end == 0:
             return
         kind = sniff_model(memoryview(data)[end:])
-        if kind in (None, "pickle"):
+        if kind is None or (kind == "pickle" and after == "pickle"):
             return
-        self.add("polyglot", f"a {kind} file starts at byte {end}, after the pickle data: "
+        self.add("polyglot", f"a {kind} file starts at byte {end}, after the {after} data: "
                  "the file is two formats at once", member=prefix, offset=end)
         if depth < _MAX_DEPTH:
-            self.scan_source(Source(data[end:], self.path), _join(prefix, f"@{end}"), depth + 1)
+            self.scan_source(Source(memoryview(data)[end:], self.path), _join(prefix, f"@{end}"),
+                             depth + 1)
 
     def _salvage_zip(self, source: Source, prefix, depth: int) -> None:
         skipped = 0
@@ -940,6 +945,9 @@ class _FileScanner:
         if skipped:
             self.add("skipped-members", f"{skipped} archive member(s) are not model files",
                      member=prefix)
+        end = _zip_archive_end(source.view(0, source.size))
+        if end is not None and end < source.size:  # something appended to the archive
+            self._trailing(source.view(0, source.size), end, prefix, depth, after="zip")
 
     def _entry_data(self, entry: _ZipEntry, member: str):
         if entry.problem:
@@ -1169,6 +1177,17 @@ def _zip_entries(buffer: memoryview, limits: Limits) -> list[_ZipEntry]:
     return [entries[k] for k in sorted(entries)]
 
 
+def _zip_archive_end(buffer: memoryview) -> int | None:
+    """Where the last end-of-central-directory record (and its comment) ends."""
+    tail_start = max(0, len(buffer) - (1 << 16) - 22)
+    tail = bytes(buffer[tail_start:])
+    end = tail.rfind(b"PK\x05\x06")
+    if end < 0 or end + 22 > len(tail):
+        return None
+    comment = struct.unpack_from("<H", tail, end + 20)[0]
+    return min(len(buffer), tail_start + end + 22 + comment)
+
+
 def _zip64(extra: bytes, usize: int, csize: int, header: int) -> tuple[int, int]:
     pos = 0
     while pos + 4 <= len(extra):
@@ -1373,6 +1392,11 @@ def _collect_tensors(value: object, rows: list[TensorRow]) -> None:
                                   item.nbytes, ref.key, ref.location,
                                   "parameter" if item.is_parameter else kind))
             continue
+        if type(item).__name__ == "ndarray" and type(item).__module__ == "numpy":
+            # numpy values (an .npy, arrays inside a pickle): data in place
+            rows.append(TensorRow(name or "<root>", str(item.dtype), tuple(item.shape),
+                                  int(item.nbytes), "-", "-", "array"))
+            continue
         if isinstance(item, dict):
             children = [(str(k) if isinstance(k, (str, int)) else repr(k), v)
                         for k, v in item.items()]
@@ -1436,7 +1460,16 @@ def scan_file(path, *, policy: Policy | None = None, allow=None, records=None,
     try:
         if source.size == 0:
             return Skipped(path, "empty file")
-        kind = scanner.scan_source(source)
+        try:
+            kind = scanner.scan_source(source)
+        except (MemoryError, RecursionError) as exc:
+            scanner.add("limit-exceeded", f"the file is too large or deep to scan: "
+                        f"{type(exc).__name__}")
+            kind = "unknown"
+        except Exception as exc:  # noqa: BLE001 - a scanner bug must still fail closed
+            scanner.add("malformed-container",
+                        f"internal error while scanning: {type(exc).__name__}: {exc}")
+            kind = "unknown"
         if kind is None:
             return Skipped(path, "not a model file (content is not zip, pickle, numpy, tar "
                            "or a compressed or archived model file)")

@@ -153,6 +153,13 @@ def test_pickle_with_a_zip_appended_is_a_polyglot(tmp_path):
     assert "dangerous-global" in rules(report)  # the zip's member was scanned too
 
 
+def test_zip_with_a_pickle_appended_is_a_polyglot(tmp_path):
+    data = (EXAMPLES / "tiny_cnn.pt").read_bytes() + OS_SYSTEM
+    report = report_of(write(tmp_path, "poly.pt", data))
+    assert "polyglot" in rules(report) and "dangerous-global" in rules(report)
+    assert report.verdict == "dangerous"
+
+
 def test_zip_that_is_not_a_torch_checkpoint_has_its_members_scanned(tmp_path):
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
@@ -363,3 +370,36 @@ def test_scan_of_a_directory_orders_files_and_counts_skipped(tmp_path):
     assert [Path(f.path).name for f in report.files] == ["a.pkl", "b.pkl"]
     assert [Path(s.path).name for s in report.skipped] == ["notes.txt"]
     assert report.exit_code() == 1 and report.exit_code("dangerous") == 1
+
+
+def test_hostile_containers_never_crash_the_scanner(tmp_path):
+    # Mutations of every container the salvage readers handle: whatever the
+    # bytes, the result is a report or a skip, never an exception.
+    import random
+    import tarfile
+
+    tar = io.BytesIO()
+    with tarfile.open(fileobj=tar, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+        info = tarfile.TarInfo("pickle")
+        info.size = len(OS_SYSTEM)
+        archive.addfile(info, io.BytesIO(OS_SYSTEM))
+    seeds = {
+        "zip": _zip_bytes({"a.pkl": OS_SYSTEM, "b/c.npy": b"\x93NUMPY\x01\x00"}),
+        "deflated": _zip_bytes({"x/data.pkl": EVAL_V4}, zipfile.ZIP_DEFLATED),
+        "tar": tar.getvalue(),
+        "gzip": gzip.compress(OS_SYSTEM),
+        "torch": (EXAMPLES / "tiny_cnn.pt").read_bytes(),
+    }
+    rng = random.Random(7)
+    for name, seed in seeds.items():
+        for i in range(60):
+            data = bytearray(seed)
+            for _ in range(rng.randint(1, 6)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            if rng.random() < 0.3:
+                data = data[: rng.randrange(1, len(data))]
+            result = scan_file(write(tmp_path, f"{name}{i}", bytes(data)))
+            assert isinstance(result, (FileReport, Skipped))
+            if isinstance(result, FileReport):
+                assert all(f.rule_name != "malformed-container" or "internal error"
+                           not in f.message for f in result.findings), result.findings

@@ -39,21 +39,21 @@ CORPUS_FILES = sorted(p for p in CORPUS.rglob("*") if p.is_file() and p.suffix !
     if CORPUS else []
 
 
-def scan_is_clean(path) -> bool:
-    result = scan_file(path)
+def scan_is_clean(path, **policy) -> bool:
+    result = scan_file(path, **policy)
     return isinstance(result, FileReport) and result.verdict == "clean"
 
 
-def loads(path) -> bool:
+def loads(path, **policy) -> bool:
     try:
-        safeload.load(path)
+        safeload.load(path, **policy)
     except safeload.SafeloadError:
         return False
     return True
 
 
-def assert_agree(path) -> None:
-    clean, loaded = scan_is_clean(path), loads(path)
+def assert_agree(path, **policy) -> None:
+    clean, loaded = scan_is_clean(path, **policy), loads(path, **policy)
     assert clean == loaded, f"scan says {'clean' if clean else 'not clean'}, load " \
         f"{'succeeds' if loaded else 'refuses'}: {path}"
 
@@ -64,6 +64,7 @@ def assert_agree(path) -> None:
 def test_scanner_and_loader_agree_on_the_corpus(path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert_agree(path)
+    assert_agree(path, records=True)  # the same policy object on both sides
 
 
 # --- hand-broken checkpoints --------------------------------------------------------
