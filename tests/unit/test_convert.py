@@ -282,14 +282,8 @@ def test_poisoned_checkpoint_is_refused_before_anything_is_written(tmp_path):
 # --- the corpus --------------------------------------------------------------------------
 
 
-def _corpus_dir() -> Path | None:
-    configured = os.environ.get("SAFELOAD_CORPUS")
-    candidate = (Path(configured) if configured
-                 else Path(__file__).resolve().parents[2].parent / "shared" / "corpus")
-    return candidate if candidate.is_dir() else None
+from corpus_paths import CORPUS  # noqa: E402
 
-
-CORPUS = _corpus_dir()
 LIGHTNING = ["aegnn_last.ckpt", "deeponet_burgers.ckpt", "eyetrack_read_features_last.ckpt",
              "long-short-lstm_last.ckpt", "mafat_last.ckpt", "burn_bfloat16.pt",
              "burn_example_mnist.pt", "candle_fortran_tensor_3d.pth", "max78000_best.pth.tar"]

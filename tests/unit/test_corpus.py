@@ -35,30 +35,10 @@ def _assert_same_checkpoint(expected: object, got: object) -> None:
     assert_same_checkpoint(expected, got)
 
 
-def _corpus_dir() -> Path | None:
-    # An explicit SAFELOAD_CORPUS wins, even when it points nowhere (then: skip).
-    configured = os.environ.get("SAFELOAD_CORPUS")
-    candidate = (
-        Path(configured)
-        if configured
-        else Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
-    )
-    return candidate if candidate.is_dir() else None
+from corpus_paths import CORPUS, corpus_files, needs_corpus  # noqa: E402, F401
 
-
-CORPUS = _corpus_dir()
-
-
-def _files(category: str) -> list[Path]:
-    if CORPUS is None or not (CORPUS / category).is_dir():
-        return []
-    return sorted(p for p in (CORPUS / category).iterdir() if p.is_file())
-
-
-BENIGN = _files("benign")
-MALICIOUS = _files("malicious")
-
-needs_corpus = pytest.mark.skipif(CORPUS is None, reason="corpus not found (set SAFELOAD_CORPUS)")
+BENIGN = corpus_files("benign")
+MALICIOUS = corpus_files("malicious")
 
 
 def _params(files: list[Path]) -> list:

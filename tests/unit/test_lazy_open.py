@@ -10,7 +10,6 @@ import argparse
 import collections
 import hashlib
 import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -232,14 +231,8 @@ def test_flatten_walks_each_container_once():
 # --- the corpus: lazy open agrees with load, file by file ------------------------------------
 
 
-def _corpus_dir() -> Path | None:
-    configured = os.environ.get("SAFELOAD_CORPUS")
-    candidate = (Path(configured) if configured
-                 else Path(__file__).resolve().parents[2].parent / "shared" / "corpus")
-    return candidate if candidate.is_dir() else None
+from corpus_paths import CORPUS  # noqa: E402
 
-
-CORPUS = _corpus_dir()
 BENIGN = sorted((CORPUS / "benign").iterdir()) if CORPUS and (CORPUS / "benign").is_dir() else []
 
 

@@ -490,13 +490,9 @@ def test_random_corruption_only_ever_raises_safeload_errors() -> None:
 
 
 def _corpus_legacy_files() -> list:
-    import os
-    from pathlib import Path
+    from corpus_paths import CORPUS_ROOT
 
-    configured = os.environ.get("SAFELOAD_CORPUS")
-    root = Path(configured) if configured else \
-        Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
-    benign = root / "benign"
+    benign = CORPUS_ROOT / "benign"
     if not benign.is_dir():
         return [pytest.param(None, id="no-corpus", marks=pytest.mark.skip("corpus not found"))]
     files = [p for p in sorted(benign.iterdir())

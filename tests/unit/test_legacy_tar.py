@@ -423,14 +423,8 @@ def test_open_tar_without_tensors_member_or_view_list(tmp_path: Path) -> None:
 # --- the shared corpus ---------------------------------------------------------------------
 
 
-def _corpus() -> Path | None:
-    configured = os.environ.get("SAFELOAD_CORPUS")
-    path = Path(configured) if configured else \
-        Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
-    return path if path.is_dir() else None
+from corpus_paths import CORPUS  # noqa: E402
 
-
-CORPUS = _corpus()
 #: burn's fixtures, with the values burn's own tests expect of them
 BURN_TAR = {
     "burn_tar_multi_dtype.tar": {

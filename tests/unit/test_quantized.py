@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import io
-import os
 import pickle
 import warnings
 import zipfile
@@ -34,10 +33,8 @@ try:  # tests/unit as a package, or as a plain directory on sys.path
 except ImportError:
     from test_torch_backend import assert_same_torch  # type: ignore[no-redef]
 
-CORPUS = Path(
-    os.environ.get("SAFELOAD_CORPUS", Path(__file__).resolve().parents[2].parent / "shared"
-                   / "corpus")
-)
+from corpus_paths import CORPUS_ROOT as CORPUS  # noqa: E402
+
 LENET = CORPUS / "benign" / "lenet5_quantized_model.pth"
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from corpus_paths import CORPUS, needs_corpus
 
 import safeload
 from safeload import FormatError, Policy, SafeloadError, UnsafeGlobalError
@@ -545,15 +546,6 @@ def test_snippet_admits_unknown_names_and_explains_dangerous_ones():
 # --- the shared corpus ------------------------------------------------------------------------
 
 
-def _corpus_dir() -> Path | None:
-    configured = os.environ.get("SAFELOAD_CORPUS")
-    candidate = (Path(configured) if configured
-                 else Path(__file__).resolve().parents[2].parent / "shared" / "corpus")
-    return candidate if candidate.is_dir() else None
-
-
-CORPUS = _corpus_dir()
-needs_corpus = pytest.mark.skipif(CORPUS is None, reason="corpus not found (set SAFELOAD_CORPUS)")
 
 #: benign files that pickle foreign objects -> the records= each needs
 RECORD_FILES = {

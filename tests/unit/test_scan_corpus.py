@@ -19,31 +19,18 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from corpus_paths import (  # noqa: E402
+    CORPUS,  # noqa: E402
+    corpus_files,
+    needs_corpus,
+)
 
 import safeload
 from safeload import cli
 from safeload.scan import FileReport, scan_file
 
-
-def _corpus_dir() -> Path | None:
-    configured = os.environ.get("SAFELOAD_CORPUS")
-    candidate = (Path(configured) if configured
-                 else Path(__file__).resolve().parents[2].parent / "shared" / "corpus")
-    return candidate if candidate.is_dir() else None
-
-
-CORPUS = _corpus_dir()
-
-
-def _files(category: str) -> list[Path]:
-    if CORPUS is None or not (CORPUS / category).is_dir():
-        return []
-    return sorted(p for p in (CORPUS / category).iterdir() if p.is_file())
-
-
-MALICIOUS = _files("malicious")
-BENIGN = _files("benign")
-needs_corpus = pytest.mark.skipif(CORPUS is None, reason="corpus not found (set SAFELOAD_CORPUS)")
+MALICIOUS = corpus_files("malicious")
+BENIGN = corpus_files("benign")
 
 
 def _params(files):

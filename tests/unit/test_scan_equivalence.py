@@ -11,7 +11,6 @@ pickles.
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import random
 import zipfile
@@ -27,14 +26,8 @@ from safeload.scan import FileReport, scan_file
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-def _corpus_dir() -> Path | None:
-    configured = os.environ.get("SAFELOAD_CORPUS")
-    candidate = (Path(configured) if configured
-                 else Path(__file__).resolve().parents[2].parent / "shared" / "corpus")
-    return candidate if candidate.is_dir() else None
+from corpus_paths import CORPUS  # noqa: E402
 
-
-CORPUS = _corpus_dir()
 CORPUS_FILES = sorted(p for p in CORPUS.rglob("*") if p.is_file() and p.suffix != ".md") \
     if CORPUS else []
 

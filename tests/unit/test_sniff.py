@@ -12,7 +12,6 @@ are never opened with pickle or torch.load here).
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import tarfile
 import zipfile
@@ -173,15 +172,7 @@ def test_a_zip_at_byte_zero_is_not_a_polyglot() -> None:
 # --- the shared corpus ----------------------------------------------------------------------
 
 
-def _corpus() -> Path | None:
-    configured = os.environ.get("SAFELOAD_CORPUS")
-    path = Path(configured) if configured else \
-        Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
-    return path if path.is_dir() else None
-
-
-CORPUS = _corpus()
-needs_corpus = pytest.mark.skipif(CORPUS is None, reason="corpus not found (set SAFELOAD_CORPUS)")
+from corpus_paths import CORPUS, needs_corpus  # noqa: E402
 
 #: what the non-zip benign files are, by content
 BENIGN_KINDS = {

@@ -39,10 +39,7 @@ try:  # tests/unit as a package, or as a plain directory on sys.path
 except ImportError:
     import torch_cases  # type: ignore[no-redef]
 
-CORPUS = Path(
-    os.environ.get("SAFELOAD_CORPUS", Path(__file__).resolve().parents[2].parent / "shared"
-                   / "corpus")
-)
+from corpus_paths import CORPUS_ROOT as CORPUS  # noqa: E402
 
 # --- the comparison -------------------------------------------------------------------
 

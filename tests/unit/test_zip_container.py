@@ -12,7 +12,6 @@ unpickles a record.
 from __future__ import annotations
 
 import io
-import os
 import re
 import struct
 import warnings
@@ -833,7 +832,8 @@ def test_torch_jit_save_is_a_torchscript_archive():
 
 # --- the shared corpus -----------------------------------------------------------------
 
-_CORPUS = Path(os.environ.get("SAFELOAD_CORPUS", "/work/shared/corpus"))
+from corpus_paths import CORPUS_ROOT as _CORPUS  # noqa: E402
+
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar")
 
 
