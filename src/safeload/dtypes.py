@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "DTYPES",
@@ -108,6 +110,10 @@ STORAGE_TYPES: dict[str, DType] = {
 @cache
 def numpy_dtype(spelling: str) -> np.dtype:
     """numpy dtype for a table spelling; imports ml_dtypes only when needed."""
+    # numpy too: importing it is most of `import safeload`'s time, and the
+    # scanner and the table itself never need it.
+    import numpy as np
+
     if spelling.startswith("ml_dtypes."):
         import ml_dtypes
 

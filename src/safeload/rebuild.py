@@ -15,13 +15,28 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-import numpy as np
-
 from .dtypes import DTYPES, DType
 from .errors import CallerError, FormatError, LimitError
 from .records import Device, QScheme, QuantizedTensor, Size, StorageRef, TensorRecord
 
 __all__ = ["Builder", "HostBuilder", "Storage", "required_elements", "restore_location"]
+
+
+class _LazyNumpy:
+    """``np`` until numpy is first used: then the module itself replaces it.
+
+    Importing numpy is most of ``import safeload``'s time, and a scan never
+    builds an array; the first attribute read imports numpy and rebinds the
+    global, so later reads cost what a plain module global does."""
+
+    def __getattr__(self, name: str):
+        import numpy
+
+        globals()["np"] = numpy
+        return getattr(numpy, name)
+
+
+np = _LazyNumpy()
 
 
 class Builder:
@@ -229,6 +244,8 @@ class HostBuilder(Builder):
     def default_restore(self, storage, location: str):
         if not isinstance(storage, Storage):
             raise TypeError(f"map_location returned {type(storage).__name__}, not a Storage")
+        if storage.location == location:  # already there: as is, as torch does
+            return storage
         return storage.to(location)
 
     # -- tensors -------------------------------------------------------------------

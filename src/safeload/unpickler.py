@@ -22,6 +22,7 @@ from __future__ import annotations
 import _compat_pickle
 import gc
 import struct
+import sys
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -276,6 +277,10 @@ class Unpickler:
         (a collision flood makes dict insertion quadratic)."""
         t = type(key)
         if t is str or t is bytes:
+            return
+        if t is int and -_HASH_MODULUS < key < _HASH_MODULUS or t is bool or key is None:
+            # hash(n) is n for these ints (only -1 and -2 share one): no flood is
+            # possible, and the bookkeeping below costs ~150 bytes per key
             return
         if t is tuple or t is frozenset:
             self._check_nested_key(key)
@@ -539,8 +544,12 @@ class Unpickler:
         return pos
 
     def _op_TUPLE(self, pos):
-        items = self._pop_mark()
-        self.stack.append(tuple(items))
+        items = self.stack  # _pop_mark, inlined: two TUPLEs per tensor
+        try:
+            stack = self.stack = self.metastack.pop()
+        except IndexError:
+            raise FormatError("opcode needs a MARK, and there is none") from None
+        stack.append(tuple(items))
         return pos
 
     def _op_TUPLE1(self, pos):
@@ -842,4 +851,5 @@ class Unpickler:
 
 _DICT_TYPES = (dict, OrderedDict, __import__("collections").Counter)
 _DICT_TYPES = frozenset(_DICT_TYPES)
+_HASH_MODULUS = sys.hash_info.modulus  # int hashes are n mod this
 _SCALAR_KEYS = frozenset({int, bool, float, complex, type(None), str, bytes})
