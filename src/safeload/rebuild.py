@@ -204,13 +204,16 @@ class HostBuilder(Builder):
         self.fetch = fetch
         self.byteorder = byteorder
         self.restore = restore_location(map_location)
+        # None: ``restore`` would only call default_restore(storage, tag); skip that layer
+        self.restore_as_saved = map_location is None
         self.file = file
         self.loaded: dict[str, tuple[StorageRef, object]] = {}
 
     # -- storages ------------------------------------------------------------------
 
     def storage(self, ref: StorageRef) -> object:
-        seen = self.loaded.get(ref.key)
+        key = ref.key
+        seen = self.loaded.get(key)
         if seen is not None:
             first, value = seen
             if first.dtype.itemsize * first.numel != ref.dtype.itemsize * ref.numel or \
@@ -220,8 +223,8 @@ class HostBuilder(Builder):
                     f"and as {first.dtype.name}[{first.numel}]"
                 )
             return value
-        raw = self.fetch(ref.key)
-        if len(raw) != ref.nbytes:
+        raw = self.fetch(key)
+        if len(raw) != ref.numel * ref.dtype.itemsize:  # ref.nbytes, without the property
             raise FormatError(
                 f"storage '{ref.key}' declares {ref.numel} elements of {ref.dtype.name} "
                 f"({ref.nbytes} bytes), its record holds {len(raw)} bytes",
@@ -232,7 +235,10 @@ class HostBuilder(Builder):
             data = _swapped(data, ref.dtype)
         storage = self.make_storage(data, ref)
         try:
-            value = self.restore(storage, ref.location, self.default_restore)
+            if self.restore_as_saved:
+                value = self.default_restore(storage, ref.location)
+            else:
+                value = self.restore(storage, ref.location, self.default_restore)
         except Exception as exc:  # the caller's map_location or device: not the file's
             raise CallerError(exc) from exc
         self.loaded[ref.key] = (ref, value)
@@ -253,12 +259,13 @@ class HostBuilder(Builder):
     def check_extent(self, rec: TensorRecord, storage_nbytes: int) -> None:
         itemsize = rec.dtype.itemsize
         # required_elements and rec.numel in one pass (once per tensor)
-        numel, last = 1, rec.offset
+        numel, last, span = 1, rec.offset, 1
         for size, step in zip(rec.shape, rec.stride, strict=True):
             numel *= size
+            span *= size or 1  # numpy refuses an empty array whose other sizes overflow
             last += (size - 1) * step
         need = last + 1 if numel else 0
-        if numel * itemsize > _INT64_MAX or need * itemsize > _INT64_MAX:
+        if span * itemsize > _INT64_MAX or need * itemsize > _INT64_MAX:
             raise LimitError(f"tensor of shape {rec.shape} is too large to address")
         if need * itemsize > storage_nbytes:
             raise FormatError(
@@ -338,13 +345,14 @@ class HostBuilder(Builder):
 
 def host_view(data: np.ndarray, rec: TensorRecord) -> np.ndarray:
     """numpy view of ``rec`` over a uint8 buffer whose extent was checked."""
-    dtype = rec.dtype.numpy
-    itemsize = rec.dtype.itemsize
+    dt, shape = rec.dtype, rec.shape  # once per tensor: each attribute read once
+    dtype = dt.numpy
+    itemsize = dt.itemsize
     strides = tuple([s * itemsize for s in rec.stride])  # a list is built faster than a genexpr
-    if 0 in rec.shape:  # numel == 0: keep torch's strides; the offset may lie past the end
-        return np.ndarray(rec.shape, dtype=dtype, buffer=data[:0], strides=strides)
-    return np.ndarray(rec.shape, dtype=dtype, buffer=data, offset=rec.offset * itemsize,
-                      strides=strides)
+    if 0 in shape:  # numel == 0: keep torch's strides; the offset may lie past the end
+        return np.ndarray(shape, dtype=dtype, buffer=data[:0], strides=strides)
+    # positional (shape, dtype, buffer, offset, strides): 0.35 us faster than keywords
+    return np.ndarray(shape, dtype, data, rec.offset * itemsize, strides)
 
 
 def _swapped(data: np.ndarray, dtype: DType) -> np.ndarray:

@@ -69,9 +69,13 @@ def _untyped_storage(data: np.ndarray) -> torch.UntypedStorage:
     when it is writable and aligned (torch storages are writable)."""
     if data.nbytes == 0:
         return torch.UntypedStorage(0)
-    if data.flags.writeable and data.ctypes.data % _ALIGNMENT == 0:
-        # torch keeps a reference to ``data``, and so to the buffer or mapping
-        return torch.from_numpy(data).untyped_storage()
+    if data.flags.writeable:
+        # torch keeps a reference to ``data``, and so to the buffer or mapping.
+        # data_ptr() is data.ctypes.data without building a ctypes object (1 us
+        # a storage); from_numpy only after the writeable test (it warns otherwise)
+        shared = torch.from_numpy(data)
+        if shared.data_ptr() % _ALIGNMENT == 0:
+            return shared.untyped_storage()
     copy = torch.empty(data.nbytes, dtype=torch.uint8)
     copy.numpy()[:] = data
     return copy.untyped_storage()
@@ -104,9 +108,12 @@ class TorchBuilder(HostBuilder):
     def tensor(self, rec: TensorRecord) -> torch.Tensor:
         storage = rec.storage
         self.check_extent(rec, storage.nbytes())
-        t = torch.empty((0,), dtype=TORCH_DTYPES[rec.dtype.name], device=storage.device)
+        # empty(0) is ~0.5 us faster than empty((0,)), same tensor; a fresh
+        # tensor already has requires_grad False (rec.requires_grad is a checked bool)
+        t = torch.empty(0, dtype=TORCH_DTYPES[rec.dtype.name], device=storage.device)
         t.set_(storage, rec.offset, rec.shape, rec.stride)
-        t.requires_grad = rec.requires_grad
+        if rec.requires_grad:
+            t.requires_grad = True
         if rec.metadata:
             t = _with_metadata(t, rec.metadata)
         return t

@@ -340,6 +340,11 @@ class Unpickler:
                 "STACK_GLOBAL operands must be strings, got "
                 f"{type(module).__name__} and {type(name).__name__}"
             )
+        if not (module.isprintable() and name.isprintable()):
+            # no Python name holds control characters or lone surrogates; in a
+            # message they would rewrite a terminal or CI log, or fail to print
+            raise FormatError(f"global name {repr(module)[:80]}.{repr(name)[:80]} is not "
+                              "printable text")
         if self.proto < 3:  # pickle's fix_imports: Python 2 names
             if (module, name) in _compat_pickle.NAME_MAPPING:
                 module, name = _compat_pickle.NAME_MAPPING[(module, name)]
