@@ -30,7 +30,7 @@ from .formats import Checkpoint
 from .formats.source import FileLike, Source
 from .limits import DEFAULT_LIMITS, Limits
 from .loader import open_container, resolve_policy, run_pickle
-from .rebuild import HostBuilder
+from .rebuild import HostBuilder, check_same_storage, raise_size_mismatch
 from .records import GlobalRef, StorageRef, TensorRecord
 
 if TYPE_CHECKING:
@@ -86,19 +86,11 @@ class HandleBuilder(HostBuilder):
     def storage(self, ref: StorageRef) -> object:
         first = self.refs.get(ref.key)
         if first is not None:
-            if first.nbytes != ref.nbytes or first.dtype.name != ref.dtype.name:
-                raise FormatError(
-                    f"storage '{ref.key}' is referenced as {ref.dtype.name}[{ref.numel}] "
-                    f"and as {first.dtype.name}[{first.numel}]"
-                )
+            check_same_storage(first, ref)
             return first
         size = len(self.fetch(ref.key))  # a bounded view: no byte is read
         if size != ref.nbytes:
-            raise FormatError(
-                f"storage '{ref.key}' declares {ref.numel} elements of {ref.dtype.name} "
-                f"({ref.nbytes} bytes), its record holds {size} bytes",
-                file=self.file,
-            )
+            raise_size_mismatch(ref, size, self.file)
         self.refs[ref.key] = ref
         return ref
 

@@ -192,6 +192,24 @@ def required_elements(offset: int, shape: tuple[int, ...], stride: tuple[int, ..
 _INT64_MAX = 2**63 - 1
 
 
+def check_same_storage(first: StorageRef, ref: StorageRef) -> None:
+    """A storage key referenced twice must name the same bytes as the same dtype."""
+    if first.dtype.itemsize * first.numel != ref.dtype.itemsize * ref.numel or \
+            first.dtype.name != ref.dtype.name:
+        raise FormatError(
+            f"storage '{ref.key}' is referenced as {ref.dtype.name}[{ref.numel}] "
+            f"and as {first.dtype.name}[{first.numel}]"
+        )
+
+
+def raise_size_mismatch(ref: StorageRef, size: int, file: str | None) -> None:
+    raise FormatError(
+        f"storage '{ref.key}' declares {ref.numel} elements of {ref.dtype.name} "
+        f"({ref.nbytes} bytes), its record holds {size} bytes",
+        file=file,
+    )
+
+
 class HostBuilder(Builder):
     """numpy arrays over the container's bytes.
 
@@ -216,20 +234,11 @@ class HostBuilder(Builder):
         seen = self.loaded.get(key)
         if seen is not None:
             first, value = seen
-            if first.dtype.itemsize * first.numel != ref.dtype.itemsize * ref.numel or \
-                    first.dtype.name != ref.dtype.name:
-                raise FormatError(
-                    f"storage '{ref.key}' is referenced as {ref.dtype.name}[{ref.numel}] "
-                    f"and as {first.dtype.name}[{first.numel}]"
-                )
+            check_same_storage(first, ref)
             return value
         raw = self.fetch(key)
         if len(raw) != ref.numel * ref.dtype.itemsize:  # ref.nbytes, without the property
-            raise FormatError(
-                f"storage '{ref.key}' declares {ref.numel} elements of {ref.dtype.name} "
-                f"({ref.nbytes} bytes), its record holds {len(raw)} bytes",
-                file=self.file,
-            )
+            raise_size_mismatch(ref, len(raw), self.file)
         data = np.frombuffer(raw, np.uint8)
         if self.byteorder != sys.byteorder:
             data = _swapped(data, ref.dtype)

@@ -54,7 +54,7 @@ from .formats.zip import TorchScriptArchive
 from .limits import DEFAULT_LIMITS, Limits
 from .loader import open_container, resolve_policy, run_pickle
 from .opcodes import BY_CODE, CALLING, Truncated
-from .rebuild import Builder, HostBuilder
+from .rebuild import Builder, HostBuilder, check_same_storage, raise_size_mismatch
 from .records import StorageRef, TensorRecord
 from .unpickler import Opaque, Unpickler
 
@@ -518,21 +518,12 @@ class ScanBuilder(Builder):
     def storage(self, ref: StorageRef) -> object:
         first = self.refs.get(ref.key)
         if first is not None:
-            if first.dtype.itemsize * first.numel != ref.dtype.itemsize * ref.numel or \
-                    first.dtype.name != ref.dtype.name:
-                raise FormatError(
-                    f"storage '{ref.key}' is referenced as {ref.dtype.name}[{ref.numel}] "
-                    f"and as {first.dtype.name}[{first.numel}]"
-                )
+            check_same_storage(first, ref)
             return first
         if self.fetch is not None:
             size = len(self.fetch(ref.key))  # a bounded view: no tensor byte is read
             if size != ref.nbytes:
-                raise FormatError(
-                    f"storage '{ref.key}' declares {ref.numel} elements of {ref.dtype.name} "
-                    f"({ref.nbytes} bytes), its record holds {size} bytes",
-                    file=self.file,
-                )
+                raise_size_mismatch(ref, size, self.file)
         self.refs[ref.key] = ref
         return ref
 
