@@ -142,6 +142,7 @@ class Unpickler:
         self._max_memo = limits.max_memo
         self._max_nesting = limits.max_nesting
         self._max_bytes = limits.max_bytes
+        self._max_items = limits.max_container_items
         self._dispatch: list = [self._op_unknown] * 256
         for op in OPCODES:
             self._dispatch[op.code] = getattr(self, "_op_" + op.name)
@@ -173,9 +174,11 @@ class Unpickler:
         max_ops = self.limits.max_ops
         try:
             try:
-                if len(data) - pos <= max_ops:
-                    # Every opcode consumes at least its own byte, so this
-                    # pickle cannot run more than max_ops opcodes: no count.
+                if len(data) - pos <= min(max_ops, self.limits.max_stack):
+                    # Every opcode consumes at least its own byte and leaves
+                    # at most one more value on the stack (or one more MARK),
+                    # so this pickle can neither run more than max_ops opcodes
+                    # nor hold more than max_stack values: no counting.
                     # On an exception, pos is still the failing opcode's offset.
                     try:
                         while True:
@@ -183,6 +186,7 @@ class Unpickler:
                     except BaseException:
                         start = pos
                         raise
+                max_stack = self.limits.max_stack
                 while True:
                     start = pos
                     pos = dispatch[data[pos]](pos + 1)
@@ -191,6 +195,13 @@ class Unpickler:
                         raise LimitError(
                             f"pickle runs more than {max_ops} opcodes",
                             hint="raise Limits.max_ops if the file is trusted",
+                        )
+                    if not ops & 1023 and self._held() > max_stack:
+                        # checked every 1024 opcodes: the stack can overshoot
+                        # the bound by at most that many values
+                        raise LimitError(
+                            f"the stack holds more than {max_stack} values",
+                            hint="raise Limits.max_stack if the file is trusted",
                         )
             except _Stop:
                 pos = start + 1
@@ -234,6 +245,13 @@ class Unpickler:
         value = self.stack.pop()
         self.memo.clear()
         return value
+
+    def _held(self) -> int:
+        """Values on the stack and under every open MARK."""
+        return len(self.stack) + sum(map(len, self.metastack)) + len(self.metastack)
+
+    def _check_items(self, count: int) -> None:
+        self.limits.check("items in one container", count, self.limits.max_container_items)
 
     def _locate(self, err: SafeloadError, offset: int) -> SafeloadError:
         code = self.data[offset] if offset < len(self.data) else None
@@ -327,6 +345,8 @@ class Unpickler:
             self.stack = self.metastack.pop()
         except IndexError:
             raise FormatError("opcode needs a MARK, and there is none") from None
+        if len(items) > self._max_items:
+            self._check_items(len(items))
         return items
 
     def _decode_py2_string(self, raw: bytes):
@@ -554,6 +574,8 @@ class Unpickler:
             stack = self.stack = self.metastack.pop()
         except IndexError:
             raise FormatError("opcode needs a MARK, and there is none") from None
+        if len(items) > self._max_items:
+            self._check_items(len(items))
         stack.append(tuple(items))
         return pos
 

@@ -518,6 +518,8 @@ _TIGHT = st.builds(
     max_nesting=st.integers(1, 6),
     max_bytes=st.integers(0, 64),
     max_int_bytes=st.integers(1, 16),
+    max_stack=st.integers(0, 40),
+    max_container_items=st.integers(0, 12),
 )
 
 

@@ -110,6 +110,29 @@ def test_limits_are_per_call():
     assert safeload.load(data) == list(range(1000))
 
 
+def _many_values(count: int) -> bytes:
+    """A protocol-4 pickle pushing ``count`` ints inside one MARK, then a list."""
+    return b"\x80\x04(" + b"K\x01" * count + b"l."
+
+
+def test_max_stack_bounds_the_values_a_run_holds():
+    data = _many_values(5000)
+    with pytest.raises(LimitError, match="stack holds more than 1000 values"):
+        safeload.load(data, limits=Limits(max_stack=1000))
+    # the check runs every 1024 opcodes: a bound above the run's peak passes
+    assert safeload.load(data, limits=Limits(max_stack=6000)) == [1] * 5000
+
+
+def test_max_container_items_bounds_one_opcode():
+    data = _many_values(50)
+    with pytest.raises(LimitError, match="items in one container is 50"):
+        safeload.load(data, limits=Limits(max_container_items=49))
+    tuple_data = b"\x80\x04(" + b"K\x01" * 50 + b"t."
+    with pytest.raises(LimitError, match="items in one container is 50"):
+        safeload.load(tuple_data, limits=Limits(max_container_items=49))
+    assert safeload.load(data, limits=Limits(max_container_items=50)) == [1] * 50
+
+
 def test_encoding_applies_to_python2_strings():
     data = b"U\x04caf\xe9."  # SHORT_BINSTRING of 4 bytes, one of them latin-1, then STOP
     assert safeload.load(data, encoding="latin1") == "café"
