@@ -8,13 +8,17 @@ the scanners.
 
 Strategy: inputs are generated once into ``benchmarks/data/`` (``inputs.py``).
 Every measurement is a fresh child interpreter (``cases.py``) that imports what
-it needs, notes its peak RSS, times one call and reports the peak RSS above
-that baseline; one unrecorded warm-up run per case puts the file in the page
-cache first, so all numbers are warm-cache. The driver prints medians, ratios
-(against ``torch.load(weights_only=True)`` on the same input, and against the
-natural reference of each row: torch's mmap load for mmap rows, picklescan for
-scans), peak RSS, the ``import safeload`` time, and the issue's targets with
-met / not met; it writes all runs as JSON and the table as Markdown.
+it needs, notes its peak RSS, times a first call, then 5 more calls in the same
+process (the issue's "median of ≥ 5 runs, same process"), and reports their
+median, the first call's time and the peak RSS above that baseline; one
+unrecorded warm-up child per case puts the file in the page cache first, so all
+numbers are warm-cache. Ratios use the in-process medians; the first-call
+column shows what a one-shot script pays (lazy imports, first-use caches). The
+driver prints medians, ratios (against ``torch.load(weights_only=True)`` on the
+same input, and against the natural reference of each row: torch's mmap load
+for mmap rows, picklescan for scans), peak RSS, the ``import safeload`` time,
+and the issue's targets with met / not met; it writes all runs as JSON and the
+table as Markdown.
 No BLAS work happens in any case, so OPENBLAS/OMP thread settings do not matter.
 """
 
@@ -118,7 +122,7 @@ def _prepare(case: str, name: str, manifest: dict) -> dict:
         "case": case, "input": name, "why_not": why_not, "python": python,
         "path": str(inputs.DATA / f"{name}.{suffix}"), "entry": entry,
         "file_bytes": entry["safetensors_size"] if suffix == "safetensors" else entry["size"],
-        "runs": [], "error": None,
+        "runs": [], "error": None, "calls": 5,
     }
 
 
@@ -128,7 +132,7 @@ def _run_once(job: dict, tries: int = 2) -> dict | None:
     for attempt in range(tries):
         proc = subprocess.run(
             [job["python"], str(HERE / "cases.py"), job["case"], job["path"],
-             json.dumps(job["entry"])],
+             json.dumps(job["entry"]), str(job["calls"])],
             capture_output=True, text=True, timeout=1800,
         )
         if proc.returncode == 0:
@@ -170,6 +174,7 @@ def run_input(names: list[str], name: str, manifest: dict, repeat: int, log) -> 
             "runs": runs,
             "median_s": statistics.median(seconds),
             "min_s": min(seconds),
+            "first_s": statistics.median(r.get("first_seconds", r["seconds"]) for r in runs),
             "rss_delta_bytes": statistics.median(r["rss_delta_bytes"] for r in runs),
             "file_bytes": job["file_bytes"],
             "tensors": runs[-1]["tensors"],
@@ -227,7 +232,7 @@ def table_rows(results: list[dict]) -> list[list[str]]:
         name, case = r["input"], r["case"]
         if "median_s" not in r:
             rows.append([name, case, "skipped" if "skipped" in r else "failed",
-                         "", "", "", ""])
+                         "", "", "", "", ""])
             continue
         torch_ref = by.get(("torch.load wo=True", name))
         ref_case = reference(case)
@@ -240,7 +245,8 @@ def table_rows(results: list[dict]) -> list[list[str]]:
             vs_ref = f"{r['median_s'] / ref['median_s']:.3g}× {short}"
         rss = r["rss_delta_bytes"]
         rows.append([
-            name, case, _ms(r['median_s']), vs_torch, vs_ref,
+            name, case, _ms(r['median_s']), _ms(r.get("first_s", r["median_s"])), vs_torch,
+            vs_ref,
             f"{rss / 2**20:,.1f}", f"{rss / r['file_bytes']:.2f}×",
         ])
     return rows
@@ -251,7 +257,7 @@ def _ms(seconds: float) -> str:
     return f"{ms:,.1f}" if ms >= 10 else f"{ms:.2f}" if ms >= 0.1 else f"{ms:.3f}"
 
 
-HEADER = ["input", "case", "median ms", "× torch wo=True", "× reference",
+HEADER = ["input", "case", "median ms", "first call ms", "× torch wo=True", "× reference",
           "peak RSS MB", "RSS × file"]
 
 
@@ -400,8 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     target_rows = targets(results, imports)
     print()
     print(f"Machine: {machine_text(m)}")
-    print(f"Medians of {repeat} runs, each in a fresh interpreter (warm page cache); "
-          "peak RSS is above the child's baseline after imports.")
+    print(f"Medians of {repeat} fresh interpreters x 5 calls in the same process after "
+          "a first call (warm page cache); peak RSS is the first call's, above the child's "
+          "baseline after imports.")
     print()
     print(text_table(rows))
     for r in results:
@@ -429,8 +436,10 @@ def main(argv: list[str] | None = None) -> int:
         n: manifest.get(n) for n in names}, "results": results, "import": imports,
         "targets": target_rows}, indent=1))
     md = [f"Machine: {machine_text(m)}.", "",
-          f"Medians of {repeat} runs, each in a fresh interpreter, warm page cache; peak RSS "
-          "above the child's baseline after its imports.", "", markdown_table(rows)]
+          f"Medians of {repeat} fresh interpreters × 5 calls in the same process after a "
+          "first call (the issue's measure; the first call is shown apart), warm page cache; "
+          "peak RSS is the first call's, above the child's baseline after its imports.", "",
+          markdown_table(rows)]
     if imports:
         md += ["", f"`import safeload`: {imports['median_s'] * 1e3:.0f} ms "
                f"(median of {len(imports['runs'])} fresh interpreters)."]
