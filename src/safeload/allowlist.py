@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from .danger import danger_of
 from .dtypes import DTYPES, STORAGE_TYPES, DType
-from .errors import FormatError, UnsafeGlobalError, short_repr
+from .errors import MAX_NAME, FormatError, UnsafeGlobalError, printable, short_repr
 from .records import (
     Device,
     GlobalRef,
@@ -797,12 +797,9 @@ class Policy:
         return None
 
     def unsafe_global(self, module: str, name: str) -> UnsafeGlobalError:
-        full = f"{module}.{name}"
-        if len(full) > 300 or not full.isprintable():
-            # the name is the file's text (STACK_GLOBAL takes any str): escape
-            # control characters and lone surrogates, which would rewrite a
-            # terminal or CI log or make printing the error fail, and cut it
-            full = repr(full[:300])[1:-1] + ("..." if len(full) > 300 else "")
+        # the name is the file's text (STACK_GLOBAL takes any str): escaped
+        # and cut, as everything the file chose in a message
+        full = printable(f"{module}.{name}", MAX_NAME)
         why = danger_of(module, name)
         if why is not None:
             hint = "This file tries to run code; do not load it"

@@ -8,6 +8,11 @@ json, sarif). Machine formats go to stdout or ``-o`` untouched: colours only
 for text on a terminal, the progress bar only on a terminal's stderr and only
 for text output. No third-party dependency.
 
+Output never fails on an encoding: what the file chose is escaped
+(``errors.printable``) before it gets here, and stdout / stderr write with
+``backslashreplace``, so a file name an ASCII terminal cannot show comes out
+escaped rather than as a traceback.
+
 Exit codes of ``scan``: 0 all clean, 1 something at or above ``--fail-on``
 (unsafe by default), 2 a file could not be scanned completely and nothing
 reached the bar (also: usage and configuration errors).
@@ -28,6 +33,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from .errors import printable
 from .scan import FAIL_ON, FileReport, Report
 
 __all__ = ["main"]
@@ -122,7 +128,8 @@ def format_text(report: Report, fail_on: str, *, colour: bool = False,
         if quiet and verdict == "clean":
             continue
         label = paint(verdict, f"{verdict.upper():<9}")
-        out.append(f"{label}  {file.path}" + (f"  ({file.format})" if file.format else ""))
+        out.append(f"{label}  {printable(file.path)}"
+                   + (f"  ({file.format})" if file.format else ""))
         for finding in file.findings[:_MAX_TEXT_FINDINGS]:
             where = f"  {finding.where}" if finding.where else ""
             sev = paint(finding.severity, f"[{finding.severity}]")
@@ -136,7 +143,8 @@ def format_text(report: Report, fail_on: str, *, colour: bool = False,
         out.extend(_explanations_text(file, paint))
     if not quiet:
         for skipped in report.skipped:
-            out.append(f"{paint('skipped', 'skipped  ')}  {skipped.path}: {skipped.reason}")
+            out.append(f"{paint('skipped', 'skipped  ')}  {printable(skipped.path)}: "
+                       f"{printable(skipped.reason)}")
     out.append(_summary_line(report, fail_on, paint))
     return "\n".join(out) + "\n"
 
@@ -257,7 +265,7 @@ def cmd_scan(args) -> int:
     colour = args.format == "text" and not to_file and _use_colour(sys.stdout)
     text = FORMATTERS[args.format](report, fail_on, colour=colour, quiet=args.quiet)
     if to_file:
-        with open(args.output, "w", encoding="utf-8") as out:
+        with open(args.output, "w", encoding="utf-8", errors="backslashreplace") as out:
             out.write(text)
         if args.format != "text":  # the file has the report; a line for the CI log
             print(_summary_line(report, fail_on, _Paint(False)), file=sys.stderr)
@@ -377,9 +385,22 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = ("scan", "inspect", "convert")
 
 
+def _never_fail_on_encoding() -> None:
+    """Characters stdout / stderr cannot encode (an ASCII locale, a file name
+    with undecodable bytes) are written as escapes instead of raising."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):  # closed or detached: nothing to protect
+                pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``safeload`` console script; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    _never_fail_on_encoding()
     if argv[:1] == ["convert"]:
         # convert parses its own options: argparse's REMAINDER would refuse a
         # leading one (`safeload convert --records a.ckpt b.safetensors`, `-h`)

@@ -5,6 +5,12 @@ site. Each stage raises one of three kinds (what is wrong), and fills in as much
 of ``Location`` as it knows (where it is wrong); the message is formatted in one
 place, here. ``SafeloadError`` subclasses ``pickle.UnpicklingError`` so that
 ``except pickle.UnpicklingError`` clauses written for ``torch.load`` keep working.
+
+Text the file chose (global names, archive member names, dict keys) reaches
+messages and reports through one rule, ``printable``: a control character would
+rewrite a terminal or CI log, a lone surrogate (pickle strings decode with
+``surrogatepass``) makes printing fail. Errors apply it to their reason, hint and
+global name; the scanner's findings and the CLI's output apply it too.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ __all__ = [
     "Location",
     "SafeloadError",
     "UnsafeGlobalError",
+    "printable",
     "short_repr",
 ]
 
@@ -26,6 +33,33 @@ _repr = reprlib.Repr()
 _repr.maxstring = 80
 _repr.maxother = 80
 _repr.maxlevel = 3
+
+
+#: characters kept of a reason or hint (of a global name: MAX_NAME); what the
+#: file controls in a message is cut, so every message stays bounded
+MAX_MESSAGE = 2000
+MAX_NAME = 300
+
+
+def printable(text: str, limit: int | None = None) -> str:
+    """``text`` with every character that is not printable (control and format
+    characters, lone surrogates, separators other than the space) written as
+    its Python escape, cut to ``limit`` characters. Printable text, backslashes
+    included, is left alone, so applying it twice changes nothing.
+
+    >>> print(printable("evil\\x1b[2J\\udc80.x"))
+    evil\\x1b[2J\\udc80.x
+    >>> printable("a" * 50, 8)
+    'aaaaaaaa...[50 chars]'
+    """
+    if type(text) is not str:
+        text = str(text)
+    size = len(text)
+    if limit is not None and size > limit:
+        text = text[:limit]
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if limit is None or size <= limit else f"{text}...[{size} chars]"
 
 
 def short_repr(value: object) -> str:
@@ -48,9 +82,9 @@ class Location:
     def __str__(self) -> str:
         parts = []
         if self.file is not None:
-            parts.append(f"file {self.file!r}")
+            parts.append(f"file '{printable(self.file)}'")
         if self.member is not None:
-            parts.append(f"member {self.member!r}")
+            parts.append(f"member '{printable(self.member)}'")
         if self.offset is not None:
             parts.append(f"byte {self.offset}")
         if self.opcode is not None:
@@ -72,11 +106,11 @@ class SafeloadError(pickle.UnpicklingError):
         hint: str | None = None,
         **where: object,
     ) -> None:
-        self.reason = reason
+        self.reason = printable(reason, MAX_MESSAGE)
         self.location = replace(location or Location(), **where) if where else (
             location or Location()
         )
-        self.hint = hint
+        self.hint = printable(hint, MAX_MESSAGE) if hint is not None else None
         super().__init__(self._format())
 
     def _format(self) -> str:
@@ -134,7 +168,8 @@ class UnsafeGlobalError(SafeloadError):
     kind = "unsafe-global"
 
     def __init__(self, reason: str, *, global_name: str | None = None, **kwargs) -> None:
-        self.global_name = global_name
+        self.global_name = printable(global_name, MAX_NAME) if global_name is not None \
+            else None
         super().__init__(reason, **kwargs)
 
 

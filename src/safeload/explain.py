@@ -10,7 +10,8 @@ only *renders* that trace as Python-like pseudo-code::
 
 Each call result gets a variable; values print through a bounded renderer
 (depth, items, string length and total size are capped), so a hostile pickle
-cannot make the listing large. When fickling is installed (the optional
+cannot make the listing large; every line then passes ``errors.printable``
+(names and keys are the file's text). When fickling is installed (the optional
 ``scan`` extra), its decompiler gives a second, independent listing; it runs in
 a child process with a time, memory and input-size bound, and is never imported
 into the scanning process. Finally ``allow_snippet`` prints the
@@ -26,6 +27,7 @@ from collections import OrderedDict
 
 from .allowlist import Handler, LoadedStorage
 from .dtypes import DType
+from .errors import printable
 from .records import Device, Size, StorageRef, StorageType, TensorRecord
 from .unpickler import Opaque
 
@@ -129,22 +131,26 @@ def explain_pickle(events: list[tuple], data: bytes, member: str | None, result:
     from .scan import Explanation
 
     renderer = _Renderer()
+    member = printable(member) if member is not None else None
     where = member or "the file"
     lines = [f"# {where}: what unpickling would run (symbolic: nothing was run)"]
     for event in events:
         if len(lines) >= MAX_LINES:
             lines.append(f"# ... {len(events)} calls in all; listing cut at {MAX_LINES} lines")
             break
-        lines.append(_line(renderer, event))
+        lines.append(printable(_line(renderer, event)))
     if result is None:
         lines.append("# the pickle did not reach STOP: see the malformed-pickle finding")
     else:
-        lines.append(f"result = {renderer.render(result)}")
+        lines.append(printable(f"result = {renderer.render(result)}"))
     listing = _cap("\n".join(lines))
     decompiled = note = None
     if fickling:
         decompiled, note = decompile_with_fickling(data[start:])
-    return Explanation(member, listing, decompiled, note)
+    if decompiled is not None:  # fickling prints names as the pickle spells them
+        decompiled = "\n".join(printable(line) for line in decompiled.splitlines())
+    return Explanation(member, listing, decompiled,
+                       printable(note) if note is not None else None)
 
 
 def _line(renderer: _Renderer, event: tuple) -> str:

@@ -6,9 +6,12 @@ A finding's location is its file (``artifactLocation.uri``, relative to the
 working directory when the file is under it, so code-scanning services can map
 it to the repository), a ``region.byteOffset`` when the offset counts from the
 start of the file, and a logical location naming the archive member and the
-offset inside it otherwise. Levels: dangerous -> error, unsafe and malformed ->
-warning, info -> note; ``security-severity`` ranks them for GitHub code
-scanning. Validated against the official schema in the tests.
+offset inside it otherwise. Text comes from findings, which already hold the
+file's names escaped (``errors.printable``); paths are escaped the same way in
+messages, and percent-encoded byte for byte in URIs. Levels: dangerous ->
+error, unsafe and malformed -> warning, info -> note; ``security-severity``
+ranks them for GitHub code scanning. Validated against the official schema
+in the tests.
 
 Example::
 
@@ -24,6 +27,7 @@ import os
 from pathlib import Path
 from urllib.parse import quote
 
+from .errors import printable
 from .scan import RULE_ORDER, RULES, Finding, Report
 
 __all__ = ["SCHEMA_URI", "to_sarif"]
@@ -62,7 +66,8 @@ def _rule(rule) -> dict:
 
 def artifact_uri(path: str, base: str | None = None) -> str:
     """A relative URI reference for files under ``base`` (default: the working
-    directory), a ``file:`` URI otherwise.
+    directory), a ``file:`` URI otherwise. The file name's bytes are
+    percent-encoded as they are (a POSIX name need not be UTF-8).
 
     >>> artifact_uri("models/my model.pt", base=".")
     'models/my%20model.pt'
@@ -73,7 +78,7 @@ def artifact_uri(path: str, base: str | None = None) -> str:
         relative = full.relative_to(base_path)
     except ValueError:
         return full.as_uri()
-    return quote(relative.as_posix(), safe="/")
+    return quote(os.fsencode(relative.as_posix()), safe="/")
 
 
 def _result(finding: Finding, base: str | None) -> dict:
@@ -137,7 +142,8 @@ def to_sarif(report: Report, fail_on: str = "unsafe", *, base: str | None = None
                                         2: "a file could not be scanned completely"}[exit_code],
                 "toolExecutionNotifications": [
                     {"level": "note",
-                     "message": {"text": f"skipped {s.path}: {s.reason}"},
+                     "message": {"text": f"skipped {printable(s.path)}: "
+                                         f"{printable(s.reason)}"},
                      "locations": [{"physicalLocation": {
                          "artifactLocation": {"uri": artifact_uri(s.path, base)}}}]}
                     for s in report.skipped

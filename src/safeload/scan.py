@@ -48,7 +48,15 @@ from dataclasses import dataclass, field
 
 from .allowlist import LoadedStorage, Policy, storage_ref_from_pid
 from .danger import danger_of
-from .errors import FormatError, LimitError, SafeloadError, UnsafeGlobalError
+from .errors import (
+    MAX_MESSAGE,
+    MAX_NAME,
+    FormatError,
+    LimitError,
+    SafeloadError,
+    UnsafeGlobalError,
+    printable,
+)
 from .formats.source import Source
 from .formats.zip import TorchScriptArchive
 from .limits import DEFAULT_LIMITS, Limits
@@ -183,11 +191,21 @@ RULES: dict[str, Rule] = {
 RULE_ORDER = list(RULES)
 
 
+#: Finding fields that carry the file's text, and how much of each is kept
+_FINDING_TEXT = (("message", MAX_MESSAGE), ("hint", MAX_MESSAGE), ("member", None),
+                 ("opcode", MAX_NAME), ("global_name", MAX_NAME))
+
+
 @dataclass(frozen=True)
 class Finding:
     """One problem, located: ``file``, archive ``member`` (nested archives joined
     with ``!``), byte ``offset`` inside the member (or the file, when there is no
-    member), pickle ``opcode`` and the ``global_name`` involved."""
+    member), pickle ``opcode`` and the ``global_name`` involved.
+
+    The text fields hold what the file chose (names, members): they pass
+    ``errors.printable`` here, once, so every output format shows them escaped
+    and bounded. ``file`` is the path as given (outputs escape it where they
+    show it: it names a real file)."""
 
     rule_name: str
     message: str
@@ -202,6 +220,10 @@ class Finding:
     def __post_init__(self) -> None:
         if not self.severity:
             object.__setattr__(self, "severity", RULES[self.rule_name].severity)
+        for name, limit in _FINDING_TEXT:
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, printable(value, limit))
 
     @property
     def rule(self) -> Rule:
@@ -232,7 +254,7 @@ class Finding:
             "severity": self.severity,
             "message": self.message,
             "hint": self.hint,
-            "file": self.file,
+            "file": printable(self.file),
             "member": self.member,
             "offset": self.offset,
             "opcode": self.opcode,
@@ -283,7 +305,7 @@ class FileReport:
         for finding in self.findings:
             counts[finding.severity] += 1
         return {
-            "path": self.path,
+            "path": printable(self.path),
             "format": self.format,
             "verdict": self.verdict,
             "complete": self.complete,
@@ -300,7 +322,7 @@ class Skipped:
     reason: str
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "reason": self.reason}
+        return {"path": printable(self.path), "reason": printable(self.reason)}
 
 
 FAIL_ON = ("dangerous", "unsafe")
@@ -885,7 +907,8 @@ class _FileScanner:
         for offset, opname, module, name in _sweep_globals(bytes(data), start):
             if offset <= after or self.policy.lookup(module, name) is not None:
                 continue
-            full = f"{module}.{name}"
+            # read straight from the bytes: not checked by the VM, escape it here
+            full = printable(f"{module}.{name}", MAX_NAME)
             if torchscript and _is_torchscript_name(full):
                 rule, why = "torchscript-global", None
             else:
@@ -1318,6 +1341,10 @@ class TensorRow:
     storage: str
     location: str
     kind: str = "tensor"  # "tensor", "parameter" or "quantized"
+
+    def __post_init__(self) -> None:
+        for name in ("name", "dtype", "storage", "location"):  # the file's text
+            object.__setattr__(self, name, printable(getattr(self, name)))
 
     def cells(self) -> tuple[str, ...]:
         dtype = self.dtype if self.kind == "tensor" else f"{self.dtype} ({self.kind})"
