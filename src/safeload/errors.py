@@ -16,8 +16,8 @@ global name; the scanner's findings and the CLI's output apply it too.
 from __future__ import annotations
 
 import pickle
-import reprlib
 from dataclasses import dataclass, replace
+from itertools import islice
 
 __all__ = [
     "FormatError",
@@ -28,12 +28,6 @@ __all__ = [
     "printable",
     "short_repr",
 ]
-
-_repr = reprlib.Repr()
-_repr.maxstring = 80
-_repr.maxother = 80
-_repr.maxlevel = 3
-
 
 #: characters kept of a reason or hint (of a global name: MAX_NAME); what the
 #: file controls in a message is cut, so every message stays bounded
@@ -62,12 +56,96 @@ def printable(text: str, limit: int | None = None) -> str:
     return text if limit is None or size <= limit else f"{text}...[{size} chars]"
 
 
+#: short_repr: characters of the whole text, items shown per container,
+#: container levels entered, characters (or bytes) shown of one str / bytes
+MAX_REPR = 160
+_ITEMS = 4
+_DEPTH = 3
+_HEAD = 40
+
+
 def short_repr(value: object) -> str:
-    """A bounded repr for messages: never recursive, never huge."""
+    """A bounded description of a value for messages. It never asks a value for
+    its full repr (a list of a million references to one big list costs the
+    pickle a few bytes, its repr terabytes), so time and memory are bounded too:
+    str and bytes show their first bytes and their length, big ints their size,
+    containers their first items, other objects their type (and name).
+
+    >>> short_repr(b"x" * 10_000_000)
+    "b'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'...[10000000 bytes]"
+    >>> short_repr({"a": [1, 2, 3, 4, 5], "b": 2 ** 1000})
+    "{'a': [1, 2, 3, 4, ...], 'b': <int of 1001 bits>}"
+    """
     try:
-        return _repr.repr(value)
-    except Exception:  # a hostile __repr__ can only come from an allowlisted type
-        return f"<{type(value).__name__}>"
+        text = _short(value, _DEPTH)
+    except Exception:  # a broken value (a bad __len__): its type is enough
+        text = f"<{type(value).__name__}>"
+    return printable(text, MAX_REPR)
+
+
+def _short(value: object, depth: int) -> str:
+    for types, render in _SHORT:
+        if isinstance(value, types):
+            return render(value, depth)
+    # anything else: never its own repr (records and arrays repr their contents)
+    kind = type(value).__name__
+    name = next((getattr(value, a) for a in ("global_name", "name", "what", "dtype")
+                 if isinstance(getattr(value, a, None), str)), None)
+    shape = getattr(value, "shape", None)
+    if type(shape) is tuple and len(shape) <= 8:
+        name = f"{getattr(getattr(value, 'dtype', None), 'name', '?')} {shape}"
+    return f"<{kind} {name[:_HEAD]}>" if name else f"<{kind}>"
+
+
+def _short_scalar(value, depth: int) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = int(value)
+        if value.bit_length() > 128:  # never the digits: int-to-str is quadratic
+            return f"<int of {value.bit_length()} bits>"
+    return repr(value) if type(value) in (bool, int, float, complex, type(None)) else \
+        f"<{type(value).__name__}>"
+
+
+def _short_text(value, depth: int) -> str:
+    head = str(value[:_HEAD]) if isinstance(value, str) else bytes(value[:_HEAD])
+    text = repr(head)
+    if type(value) is not type(head):
+        text = f"{type(value).__name__}({text})"
+    if len(value) > _HEAD:
+        text += f"...[{len(value)} {'chars' if isinstance(value, str) else 'bytes'}]"
+    return text
+
+
+def _short_container(value, depth: int) -> str:
+    if isinstance(value, dict):
+        body = [f"{_short(k, depth - 1)}: {_short(v, depth - 1)}"
+                for k, v in islice(value.items(), _ITEMS)] if depth > 0 else []
+        open_, close = "{", "}"
+    else:
+        body = [_short(v, depth - 1) for v in islice(value, _ITEMS)] if depth > 0 else []
+        open_, close = {list: "[]", tuple: "()"}.get(type(value), "{}") \
+            if isinstance(value, (list, tuple)) else "{}"
+    if len(value) > len(body):
+        body.append("...")
+    if type(value) is tuple and len(value) == 1 and body:
+        body[0] += ","
+    text = f"{open_}{', '.join(body)}{close}"
+    if type(value) in (dict, list, tuple) or (type(value) is set and body):
+        return text
+    return f"{type(value).__name__}({text if body else ''})"
+
+
+def _short_view(value, depth: int) -> str:
+    return f"<memoryview of {value.nbytes} bytes>"
+
+
+#: how short_repr renders each kind of value, tried in order
+_SHORT = (
+    ((bool, int, float, complex, type(None)), _short_scalar),
+    ((str, bytes, bytearray), _short_text),
+    (memoryview, _short_view),
+    ((dict, list, tuple, set, frozenset), _short_container),
+)
 
 
 @dataclass(frozen=True)

@@ -244,3 +244,54 @@ def test_inspect_table_escapes_tensor_names(tmp_path, capsys):
     assert_clean_text(out)
     code, out, _ = run(["inspect", "--no-config", "--format", "json", path], capsys)
     assert json.loads(out)["tensors"][0]["name"] == "w\\x1b[2J\\udc00"
+
+
+# --- short_repr --------------------------------------------------------------------------
+
+_BIG = b"x" * 10_000_000
+
+
+class _Loud:
+    """A value whose repr would be huge: short_repr must not ask for it."""
+
+    def __repr__(self) -> str:
+        return "L" * 10_000_000
+
+
+@pytest.mark.parametrize("value", [
+    _BIG, bytearray(_BIG), memoryview(_BIG), _BIG.decode(), 2 ** 80_000, -(2 ** 80_000),
+    [_BIG] * 1000, {"k": (_BIG, [_BIG, {_BIG: _BIG}])}, {i: _BIG for i in range(1000)},
+    set(range(100_000)), frozenset([_BIG]), (((((_BIG,),),),),),
+    __import__("collections").OrderedDict(a=[_BIG] * 10), _Loud(), [_Loud()] * 10,
+    "\udc80\x1b" * 1_000_000, type("S", (str,), {})("s" * 1_000_000),
+], ids=lambda v: type(v).__name__)
+def test_short_repr_is_short_and_cheap_for_any_value(value):
+    import tracemalloc
+
+    from safeload.errors import MAX_REPR, short_repr
+
+    tracemalloc.start()
+    try:
+        text = short_repr(value)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(text) <= MAX_REPR + 20 and text.isprintable(), text
+    assert peak < 1 << 20  # never the full repr (10 MB and more)
+
+
+def test_short_repr_still_says_what_the_value_is():
+    from safeload.errors import short_repr
+
+    assert short_repr(b"abc") == "b'abc'"
+    assert short_repr(_BIG).startswith("b'xxxx") and "10000000 bytes" in short_repr(_BIG)
+    assert short_repr([1, "a", None]) == "[1, 'a', None]"
+    assert short_repr(2 ** 80_000) == "<int of 80001 bits>"
+    assert short_repr({"a": 1}) == "{'a': 1}"
+
+
+def test_a_10_mb_bytes_value_gives_a_short_message():
+    from safeload.errors import short_repr
+
+    err = FormatError(f"unsupported legacy protocol version {short_repr(_BIG)}")
+    assert len(str(err)) < 300
