@@ -438,19 +438,46 @@ _SET_ENTRY = 8
 _DICT_ENTRY = 16
 
 
-def _iterable_arg(vm, args, name):
-    _arity(args, 0, 1, name)
-    if not args:
-        return ()
-    items = args[0]
+def _bind(name: str, args: tuple, kwargs: dict | None, params: tuple[str, ...], *,
+          required: int = 0, keywords: bool = True) -> dict:
+    """Bind a builtin constructor's arguments to ``params`` as CPython does, so
+    that a call CPython refuses with a TypeError (too many arguments, an unknown
+    or repeated keyword, a missing one) is refused here, as a FormatError."""
+    if len(args) > len(params):
+        _fail(f"{name}() takes at most {len(params)} argument"
+              f"{'s' if len(params) > 1 else ''}, got {len(args)}")
+    bound = dict(zip(params, args, strict=False))  # fewer args than params
+    for key, value in (kwargs or {}).items():
+        if not keywords:
+            _fail(f"{name}() takes no keyword arguments")
+        if key not in params:
+            _fail(f"{name}() got an unexpected keyword argument {_brief(key)}")
+        if key in bound:
+            _fail(f"{name}() got multiple values for argument {key!r}")
+        bound[key] = value
+    for param in params[:required]:
+        if param not in bound:
+            _fail(f"{name}() is missing its argument {param!r}")
+    return bound
+
+
+def _new_empty(kind: type) -> Callable:
+    """NEWOBJ on a mutable container: ``kind.__new__`` ignores its arguments and
+    returns an empty object (``__init__``, which NEWOBJ never calls, fills it);
+    the opcodes after it may fill it (ADDITEMS, SETITEMS)."""
+    return lambda vm, args, kwargs=None: kind()
+
+
+def _iterable_arg(vm, args, name, kwargs=None):
+    items = _bind(name, args, kwargs, ("iterable",), keywords=False).get("iterable", ())
     if type(items) not in (list, tuple, set, frozenset):
         _fail(f"{name}() needs a list, tuple or set, got {type(items).__name__}")
     vm.charge(_SET_ENTRY * len(items))
     return items
 
 
-def _set(vm, args, kwargs=None):
-    items = _iterable_arg(vm, args, "set")
+def _set(vm, args, kwargs=None, name="set"):
+    items = _iterable_arg(vm, args, name, kwargs)
     result = set()
     for item in items:
         vm.check_key(item, result)
@@ -459,10 +486,10 @@ def _set(vm, args, kwargs=None):
 
 
 def _frozenset(vm, args, kwargs=None):
-    return frozenset(_set(vm, args))
+    return frozenset(_set(vm, args, kwargs, "frozenset"))
 
 
-def _bytearray(vm, args, kwargs=None):
+def _bytearray(vm, args):
     _arity(args, 0, 2, "bytearray")
     if not args:
         return bytearray()
@@ -477,12 +504,21 @@ def _bytearray(vm, args, kwargs=None):
 
 
 def _bytes(vm, args, kwargs=None):
-    _arity(args, 0, 1, "bytes")
-    if not args:
+    bound = _bind("bytes", args, kwargs, ("source", "encoding", "errors"))
+    if "source" not in bound:
+        if bound:
+            _fail("bytes() got an encoding or errors without a string argument")
         return b""
-    if type(args[0]) in (bytes, bytearray):
-        vm.charge(len(args[0]))
-        return bytes(args[0])
+    source = bound["source"]
+    if type(source) is str and "encoding" not in bound:
+        _fail("bytes() got a string argument without an encoding")
+    if type(source) not in (bytes, bytearray, str) and len(bound) > 1:
+        _fail("bytes() got an encoding or errors without a string argument")
+    if type(source) in (bytes, bytearray) and len(bound) == 1:
+        vm.charge(len(source))
+        return bytes(source)
+    # text is encoded by _codecs.encode, the way pickles write bytes; a count
+    # or an iterable of ints is no way CPython pickles bytes
     _fail("bytes() takes no arguments or bytes")
 
 
@@ -491,13 +527,16 @@ def _number(x) -> bool:
 
 
 def _complex(vm, args, kwargs=None):
-    _arity(args, 0, 2, "complex")
-    if not all(_number(a) for a in args):
+    bound = _bind("complex", args, kwargs, ("real", "imag"))
+    if not all(_number(a) for a in bound.values()):
         _fail("complex() takes two numbers")
-    return complex(*args)
+    try:
+        return complex(**bound)
+    except OverflowError:
+        _fail("complex(): a number too large for a float")
 
 
-def _slice(vm, args, kwargs=None):
+def _slice(vm, args):
     _arity(args, 1, 3, "slice")
     if not all(a is None or type(a) is int for a in args):
         _fail("slice() takes ints or None")
@@ -514,7 +553,7 @@ def _encode(vm, args):
     return text.encode(encoding)
 
 
-def _ordered_dict(vm, args, kwargs=None):
+def _ordered_dict(vm, args):
     _arity(args, 0, 1, "OrderedDict")
     result = OrderedDict()
     if args:
@@ -530,7 +569,7 @@ def _ordered_dict(vm, args, kwargs=None):
     return result
 
 
-def _counter(vm, args, kwargs=None):
+def _counter(vm, args):
     _arity(args, 0, 1, "Counter")
     result = Counter()
     if args:
@@ -564,15 +603,18 @@ def _reconstruct(vm, args):
     return array
 
 
-def _numpy_dtype(vm, args):
+def _numpy_dtype(vm, args, kwargs=None):
     import numpy as np
 
-    _arity(args, 1, 3, "numpy.dtype")
-    code = args[0]
+    bound = _bind("numpy.dtype", args, kwargs, ("dtype", "align", "copy", "metadata"),
+                  required=1)
+    if "metadata" in bound:
+        _fail("numpy.dtype metadata is not supported: plain numeric dtypes carry none")
+    code = bound.pop("dtype")
     if type(code) is not str or not _NUMPY_DTYPE.match(code):
         _fail(f"numpy dtype {_brief(code)} is not a plain numeric type")
     # Python 2 era numpy pickled the flags as the ints 0 / 1
-    if not all(type(a) is bool or (type(a) is int and a in (0, 1)) for a in args[1:]):
+    if not all(type(a) is bool or (type(a) is int and a in (0, 1)) for a in bound.values()):
         _fail("numpy.dtype flags must be bools")
     # A fresh copy (pickle's copy=True), never numpy's shared singleton: BUILD
     # may set its byte order.
@@ -709,11 +751,13 @@ def _default_handlers() -> dict[str, Handler]:
     for scheme in map(QScheme, QSCHEMES):
         add(f"torch.{scheme.name}", push=lambda vm, q=scheme: vm.builder.qscheme(q))
 
-    add("collections.OrderedDict", reduce=_ordered_dict, new=_ordered_dict)
-    add("collections.Counter", reduce=_counter, new=_counter)
-    add("builtins.set", reduce=_set, new=_set)
+    # NEWOBJ is cls.__new__(cls, *args): empty for the mutable containers,
+    # the value itself for the immutable types
+    add("collections.OrderedDict", reduce=_ordered_dict, new=_new_empty(OrderedDict))
+    add("collections.Counter", reduce=_counter, new=_new_empty(Counter))
+    add("builtins.set", reduce=_set, new=_new_empty(set))
     add("builtins.frozenset", reduce=_frozenset, new=_frozenset)
-    add("builtins.bytearray", reduce=_bytearray, new=_bytearray)
+    add("builtins.bytearray", reduce=_bytearray, new=_new_empty(bytearray))
     add("builtins.bytes", reduce=_bytes, new=_bytes)
     add("builtins.complex", reduce=_complex, new=_complex)
     add("builtins.slice", reduce=_slice)
