@@ -97,7 +97,16 @@ DANGEROUS_MODULES: dict[str, str] = {
     "numpy.testing": "runs commands",
     "numpy.f2py": "runs commands",
     "numpy.distutils": "runs commands",
+    "numpy._pytesttester": "runs tests (imports and runs code)",
     "numpy.lib.npyio": "loads pickles and opens files",
+    "numpy.lib._npyio_impl": "loads pickles and opens files",
+    "numpy.lib.format": "loads pickles and opens files",
+    "numpy.lib._format_impl": "loads pickles and opens files",
+    "numpy.lib._datasource": "opens files and URLs",
+    "numpy.ctypeslib": "loads native libraries",
+    "numpy.compat": "imports modules from files",
+    "numpy.core.memmap": "opens files",
+    "numpy._core.memmap": "opens files",
     "torch.serialization": "loads another checkpoint without restrictions",
     "torch.hub": "downloads and runs code",
     "torch.jit": "runs TorchScript code",
@@ -147,12 +156,8 @@ DANGEROUS_NAMES: dict[str, str] = {
     "_codecs.decode": "decodes through any codec",
     "codecs.decode": "decodes through any codec",
     "codecs.open": "opens files",
-    "numpy.load": "loads pickles and opens files",
-    "numpy.loadtxt": "opens files",
-    "numpy.fromfile": "opens files",
-    "numpy.save": "writes files",
-    "numpy.memmap": "opens files",
     "numpy.core.multiarray._reconstruct_object": "builds arbitrary objects",
+    "numpy._core.multiarray._reconstruct_object": "builds arbitrary objects",
     "torch.load": "loads another checkpoint without restrictions",
     "torch.save": "writes files",
     "torch.from_file": "opens files",
@@ -161,6 +166,35 @@ DANGEROUS_NAMES: dict[str, str] = {
     "torch._tensor._rebuild_from_type": "changes a tensor's class",
     "torch.Tensor.__setstate__": "sets tensor internals",
     "torch.nn.Module.__setstate__": "sets module internals",
+}
+
+
+#: numpy functions and classes that read or write files, unpickle or import,
+#: under whichever numpy module names them: numpy re-exports one function from
+#: several (``numpy.fromfile`` is also ``numpy.core.multiarray.fromfile`` and
+#: ``numpy._core.multiarray.fromfile``, ``numpy.load`` is ``numpy.lib.npyio.load``)
+DANGEROUS_NUMPY_NAMES: dict[str, str] = {
+    "load": "loads pickles and opens files",
+    "loads": "unpickles again (nested payload)",
+    "save": "writes files",
+    "savez": "writes files",
+    "savez_compressed": "writes files",
+    "savetxt": "writes files",
+    "dump": "writes files",
+    "tofile": "writes files",
+    "loadtxt": "opens files",
+    "genfromtxt": "opens files and URLs",
+    "recfromtxt": "opens files and URLs",
+    "recfromcsv": "opens files and URLs",
+    "fromregex": "opens files",
+    "fromfile": "opens files",
+    "fromtextfile": "opens files",
+    "memmap": "opens files",
+    "open_memmap": "opens files",
+    "DataSource": "opens files and URLs",
+    "load_library": "loads native libraries",
+    "lookfor": "imports modules",
+    "as_strided": "reads memory outside the array (strides the file chooses)",
 }
 
 
@@ -173,6 +207,8 @@ def danger_of(module: str, name: str) -> str | None:
     full = f"{module}.{name}"
     if full in DANGEROUS_NAMES:
         return DANGEROUS_NAMES[full]
+    if (module == "numpy" or module.startswith("numpy.")) and name in DANGEROUS_NUMPY_NAMES:
+        return DANGEROUS_NUMPY_NAMES[name]
     probe = module
     while probe:
         if probe in DANGEROUS_MODULES:
