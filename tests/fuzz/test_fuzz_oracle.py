@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 
 from fuzzkit import examples, op, outcome, same_value, torch_zip
 from hypothesis import find, given, settings
-from hypothesis.errors import NoSuchExample
 from hypothesis import strategies as st
+from hypothesis.errors import NoSuchExample
 
 import safeload
 
