@@ -30,7 +30,7 @@ from .formats import Checkpoint
 from .formats.source import FileLike, Source
 from .limits import DEFAULT_LIMITS, Limits
 from .loader import open_container, resolve_policy, run_pickle
-from .rebuild import HostBuilder, check_same_storage, raise_size_mismatch
+from .rebuild import Builder, HostBuilder, check_same_storage, raise_size_mismatch
 from .records import GlobalRef, StorageRef, TensorRecord
 
 if TYPE_CHECKING:
@@ -97,6 +97,9 @@ class HandleBuilder(HostBuilder):
     def tensor(self, rec: TensorRecord) -> object:
         self.check_extent(rec, rec.storage_ref.nbytes)
         return TensorHandle(rec)
+
+    #: a storage saved by itself stays its StorageRef (or StorageView): inert
+    bare_storage = Builder.bare_storage
 
     def tensor_shape(self, value) -> tuple[int, ...] | None:
         if type(value) is TensorHandle and value.quantized is None:

@@ -10,6 +10,7 @@ as itself, as with torch.load.
 from __future__ import annotations
 
 import gc
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 
 from .allowlist import DEFAULT_POLICY, LoadedStorage, Policy, storage_ref_from_pid
@@ -18,10 +19,10 @@ from .formats import Checkpoint, open_checkpoint
 from .formats.base import PersistentObject, PersistentTensor, PersistentView, PickleStream
 from .formats.source import FileLike, Source
 from .limits import DEFAULT_LIMITS, Limits
-from .records import TensorRecord
+from .records import Record, TensorRecord
 from .unpickler import Unpickler
 
-__all__ = ["load_checkpoint", "resolve_policy", "run_pickle"]
+__all__ = ["bare_storages", "load_checkpoint", "resolve_policy", "run_pickle"]
 
 
 def resolve_policy(policy: Policy | None, allow, records=None) -> Policy:
@@ -82,7 +83,117 @@ def run_pickle(ckpt: Checkpoint, builder, *, policy: Policy, limits: Limits,
         )
         return vm.load(allow_trailing=stream.allow_trailing)
 
-    return ckpt.assemble(run)
+    return bare_storages(ckpt.assemble(run), builder)
+
+
+#: what the walk for bare storages descends into: every container the VM
+#: builds that can hold one (sets and dict keys cannot: a storage is unhashable)
+_DICTS = frozenset({dict, OrderedDict, Counter})
+_WALKED = _DICTS | {list, tuple, Record}
+
+
+def bare_storages(result: object, builder) -> object:
+    """``result`` with every storage the file saved by itself (not through a
+    tensor) replaced by ``builder.bare_storage(...)``: the VM pushes a
+    ``LoadedStorage`` for each persistent id, and tensor rebuilds consume it,
+    but ``torch.save(storage)`` or ``{"s": storage, "t": tensor}`` leave one in
+    the result. References to one storage record become one object.
+
+    Lists, dicts and records are fixed in place (their identity and sharing
+    stay); tuples that hold a storage, directly or through tuples, are
+    rebuilt. Iterative: containers nest as deep as ``Limits.max_nesting``."""
+    convert = getattr(builder, "bare_storage", None)
+    if convert is None:
+        return result
+    if type(result) is LoadedStorage:
+        return convert(result.ref, result.value, result.view)
+    if type(result) not in _WALKED:
+        return result
+    # 1. find the containers that hold a storage or a tuple (which may need
+    #    rebuilding); most values of a state dict are tensors: one type test each
+    seen: set[int] = set()
+    holders: list = []
+    tuples: list[tuple] = []
+    found = False
+    todo = [result]
+    while todo:
+        x = todo.pop()
+        if id(x) in seen:
+            continue
+        seen.add(id(x))
+        t = type(x)
+        if t is Record:
+            children = [x.args, x.kwargs, x.state, x.items, x.listitems]
+        elif t in _DICTS:
+            children = x.values()
+            if t is OrderedDict and hasattr(x, "_metadata"):  # set by BUILD
+                children = [*children, x._metadata]
+        else:
+            children = x
+        holds = t is Record
+        for child in children:
+            ct = type(child)
+            if ct in _WALKED:
+                todo.append(child)
+                holds = holds or ct is tuple
+            elif ct is LoadedStorage:
+                found = holds = True
+        if t is tuple:
+            tuples.append(x)
+        elif holds:
+            holders.append(x)
+    if not found:
+        return result
+
+    made: dict[tuple, object] = {}  # one object per storage record (and view)
+
+    def bare(storage: LoadedStorage) -> object:
+        key = (storage.ref.key, storage.view)
+        value = made.get(key)
+        if value is None:
+            value = made[key] = convert(storage.ref, storage.value, storage.view)
+        return value
+
+    rebuilt: dict[int, tuple] = {}  # id(old tuple) -> new, for tuples that change
+
+    def fixed(value):
+        t = type(value)
+        if t is LoadedStorage:
+            return bare(value)
+        if t is tuple:
+            return rebuilt.get(id(value), value)
+        return value
+
+    # 2. tuples, children first (a cycle always passes through a list or dict)
+    done: set[int] = set()
+    for root in tuples:
+        stack = [(root, False)]
+        while stack:
+            node, ready = stack.pop()
+            if id(node) in done:
+                continue
+            if not ready:
+                stack.append((node, True))
+                stack.extend((c, False) for c in node if type(c) is tuple)
+                continue
+            done.add(id(node))
+            if any(type(c) is LoadedStorage or id(c) in rebuilt for c in node):
+                rebuilt[id(node)] = tuple(fixed(c) for c in node)
+    # 3. the mutable holders, in place
+    for x in holders:
+        t = type(x)
+        if t is list:
+            for i, value in enumerate(x):
+                x[i] = fixed(value)
+        elif t is Record:  # its kwargs, items and listitems are holders themselves
+            x.args, x.state = fixed(x.args), fixed(x.state)
+        else:
+            for key, value in x.items():
+                if type(value) is LoadedStorage or type(value) is tuple:
+                    x[key] = fixed(value)
+            if t is OrderedDict and hasattr(x, "_metadata"):
+                x._metadata = fixed(x._metadata)
+    return fixed(result)
 
 
 def open_container(source: Source, limits: Limits) -> Checkpoint:

@@ -17,7 +17,15 @@ from collections.abc import Callable
 
 from .dtypes import DTYPES, DType
 from .errors import CallerError, FormatError, LimitError
-from .records import Device, QScheme, QuantizedTensor, Size, StorageRef, TensorRecord
+from .records import (
+    Device,
+    QScheme,
+    QuantizedTensor,
+    Size,
+    StorageRef,
+    StorageView,
+    TensorRecord,
+)
 
 __all__ = ["Builder", "HostBuilder", "Storage", "required_elements", "restore_location"]
 
@@ -47,6 +55,13 @@ class Builder:
 
     def tensor(self, rec: TensorRecord) -> object:
         return rec
+
+    def bare_storage(self, ref: StorageRef, value: object,
+                     view: tuple[int, int] | None) -> object:
+        """A storage the file saved by itself (``torch.save(storage)``, or next
+        to tensors), not through a tensor. ``value`` is what ``storage(ref)``
+        returned; ``view`` is ``(offset, numel)`` for a legacy storage view."""
+        return ref if view is None else StorageView(ref, *view)
 
     def parameter(self, data, requires_grad: bool) -> object:
         if not isinstance(data, TensorRecord):
@@ -299,6 +314,19 @@ class HostBuilder(Builder):
             if rec.metadata.get("neg"):
                 view = np.negative(view)
         return view
+
+    def bare_storage(self, ref: StorageRef, value: object,
+                     view: tuple[int, int] | None) -> object:
+        """A 1-d array of the storage's dtype (uint8 for an untyped storage)
+        over the storage's memory, which tensors on it share."""
+        if not isinstance(value, Storage):
+            raise CallerError(TypeError(
+                f"map_location returned {type(value).__name__}, not a Storage"))
+        array = value.data.view(ref.dtype.numpy)
+        if view is not None:
+            offset, numel = view
+            array = array[offset:offset + numel]
+        return array
 
     def parameter(self, data, requires_grad: bool) -> object:
         if not isinstance(data, np.ndarray):

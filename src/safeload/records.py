@@ -22,6 +22,7 @@ __all__ = [
     "Size",
     "StorageRef",
     "StorageType",
+    "StorageView",
     "TensorRecord",
     "to_plain",
 ]
@@ -50,6 +51,21 @@ class StorageRef:
     @property
     def nbytes(self) -> int:
         return self.numel * self.dtype.itemsize
+
+
+@dataclass(frozen=True)
+class StorageView:
+    """A bare storage that a legacy file saved as a view of another:
+    ``numel`` elements of ``storage`` from element ``offset``. What the inert
+    builders return for one (a whole bare storage is its ``StorageRef``)."""
+
+    storage: StorageRef
+    offset: int
+    numel: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.storage.dtype.itemsize
 
 
 @dataclass

@@ -1340,7 +1340,7 @@ class TensorRow:
     nbytes: int
     storage: str
     location: str
-    kind: str = "tensor"  # "tensor", "parameter" or "quantized"
+    kind: str = "tensor"  # "tensor", "parameter", "quantized" or "storage"
 
     def __post_init__(self) -> None:
         for name in ("name", "dtype", "storage", "location"):  # the file's text
@@ -1392,7 +1392,7 @@ def inspect_file(path, *, policy: Policy | None = None, allow=None, records=None
 
 
 def _collect_tensors(value: object, rows: list[TensorRow]) -> None:
-    from .records import QuantizedTensor
+    from .records import QuantizedTensor, StorageView
 
     seen: set[int] = set()
     todo: list[tuple[str, object]] = [("", value)]
@@ -1409,6 +1409,11 @@ def _collect_tensors(value: object, rows: list[TensorRow]) -> None:
             rows.append(TensorRow(name or "<root>", item.dtype.name, tuple(item.shape),
                                   item.nbytes, ref.key, ref.location,
                                   "parameter" if item.is_parameter else kind))
+            continue
+        if isinstance(item, (StorageRef, StorageView)):  # saved by itself, not as a tensor
+            ref = item if isinstance(item, StorageRef) else item.storage
+            rows.append(TensorRow(name or "<root>", ref.dtype.name, (item.numel,),
+                                  item.nbytes, ref.key, ref.location, "storage"))
             continue
         if type(item).__name__ == "ndarray" and type(item).__module__ == "numpy":
             # numpy values (an .npy, arrays inside a pickle): data in place

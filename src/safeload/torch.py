@@ -103,6 +103,17 @@ class TorchBuilder(HostBuilder):
             ))
         return value
 
+    def bare_storage(self, ref: StorageRef, value: object,
+                     view: tuple[int, int] | None) -> torch.storage.TypedStorage:
+        """What torch.load returns for a storage saved by itself: a
+        ``TypedStorage`` of the saved dtype (uint8 for an ``UntypedStorage``)
+        over the storage tensors on it use."""
+        if view is not None:
+            itemsize = ref.dtype.itemsize
+            value = value[view[0] * itemsize:(view[0] + view[1]) * itemsize]
+        return torch.storage.TypedStorage(wrap_storage=value,
+                                          dtype=TORCH_DTYPES[ref.dtype.name], _internal=True)
+
     # -- tensors -------------------------------------------------------------------
 
     def tensor(self, rec: TensorRecord) -> torch.Tensor:
