@@ -22,6 +22,13 @@ not fit (tensors inside objects, quantized tensors, complex128, large values)
 is refused with every offending key listed; ``select=`` and ``drop=`` pick
 what to convert.
 
+A sharded checkpoint's index (``pytorch_model.bin.index.json``) converts
+shard by shard into the layout transformers writes (``convert_sharded``):
+each shard is checked against the index as ``load_sharded`` checks it,
+planned with the rules above, written and read back under a temporary name;
+the new index is written last, and nothing is renamed into place until every
+shard succeeded.
+
 Command line: ``safeload convert SRC DST [--records] ...`` (also
 ``python -m safeload.convert``).
 """
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import secrets
 import sys
@@ -51,7 +59,8 @@ from .loader import load_checkpoint
 from .rebuild import HostBuilder
 from .records import Device, GlobalRef, QScheme, Record, TensorRecord, to_plain
 
-__all__ = ["ConvertError", "Conversion", "convert", "main"]
+__all__ = ["ConvertError", "Conversion", "ShardedConversion", "convert", "convert_sharded",
+           "main"]
 
 #: dtype name (torch's, which is also numpy's / ml_dtypes') -> what safetensors
 #: calls it; anything else is refused
@@ -380,49 +389,19 @@ def verify(path: str | os.PathLike, tensors: dict[str, np.ndarray],
 # -- the entry point ---------------------------------------------------------------
 
 
-def convert(
-    src: FileLike,
-    dst: str | os.PathLike,
-    *,
-    select: str | tuple | None = None,
-    drop: Iterable[str] = (),
-    shared: str = "dedupe",
-    records=None,
-    policy: Policy | None = None,
-    allow=None,
-    limits: Limits | None = None,
-    encoding: str = "ASCII",
-    verify_output: bool = True,
-) -> Conversion:
-    """Write the tensors of checkpoint ``src`` to the safetensors file ``dst``.
+@dataclass
+class _Plan:
+    """One safetensors file, checked and ready to write."""
 
-    Reads ``src`` with safeload (never runs its code; ``records``, ``policy``,
-    ``allow`` as for ``safeload.load``). Nested dicts and lists of tensors get
-    dotted names; other values go to the metadata (strings as they are, numbers
-    and small containers as JSON). ``select="state_dict"`` converts one part of
-    the checkpoint; ``drop=["optimizer_states"]`` leaves names (and everything
-    under them) out. ``shared="dedupe"`` writes tied tensors (the same view of
-    one storage) once and records the other names in the ``safeload.aliases``
-    metadata entry; ``shared="clone"`` writes every name. The output is read
-    back and compared byte for byte before it replaces ``dst``. A checkpoint that
-    is one bare tensor is written under the name ``"tensor"``.
+    arrays: dict[str, np.ndarray]
+    aliases: dict[str, str]
+    metadata: dict[str, str]
 
-    Raises ``ConvertError`` (a SafeloadError) listing whatever does not fit.
 
-    >>> import safeload
-    >>> safeload.convert("model.pt", "model.safetensors")   # doctest: +SKIP
-    Conversion(path=PosixPath('model.safetensors'), tensors={...}, ...)
-    """
-    if shared not in ("dedupe", "clone"):
-        raise ValueError(f"shared must be 'dedupe' or 'clone', got {shared!r}")
-    if isinstance(drop, str):
-        drop = [drop]
-    drop = tuple(drop)
-    try:
-        from safetensors.numpy import save_file
-    except ImportError as exc:  # an optional dependency, only for convert
-        raise ImportError(f"safeload.convert needs the safetensors package: {exc}") from exc
-
+def _plan(src: FileLike, *, select, drop: tuple[str, ...], shared: str, records, policy,
+          allow, limits, encoding: str, check=None) -> _Plan:
+    """Load ``src`` and decide what goes where; ``check(structure)`` may refuse
+    the loaded structure first (a shard against its index)."""
     builders: list[_RecordingBuilder] = []
 
     def make_builder(ckpt: Checkpoint) -> _RecordingBuilder:
@@ -431,6 +410,8 @@ def convert(
 
     structure = load_checkpoint(src, make_builder, encoding=encoding, limits=limits,
                                 policy=policy, allow=allow, records=records)
+    if check is not None:
+        check(structure)
     made = builders[-1].made
     try:
         part = _select(structure, select)
@@ -444,28 +425,268 @@ def convert(
         metadata = _build_metadata(values, aliases)
     except ConvertError as err:
         raise err.at(file=_name_of(src)) from None
+    return _Plan(arrays, aliases, metadata)
 
-    dst = Path(dst)
-    # A fresh name next to dst (same file system, so the rename is atomic), created
-    # exclusively: never through a symlink planted there. safetensors then writes it
-    # (with the 0600 permissions it gives every file it writes).
+
+def _write_temporary(plan: _Plan, dst: Path, verify_output: bool) -> Path:
+    """Write ``plan`` to a fresh temporary name next to ``dst`` (same file
+    system, so renaming it to ``dst`` is atomic), read it back; its path."""
+    from safetensors.numpy import save_file
+
+    # Created exclusively: never through a symlink planted there. safetensors then
+    # writes it (with the 0600 permissions it gives every file it writes).
     tmp = dst.parent / f".{dst.name}.{secrets.token_hex(8)}.tmp"
     with open(tmp, "xb"):
         pass
     try:
-        save_file(arrays, tmp, metadata=metadata)
+        save_file(plan.arrays, tmp, metadata=plan.metadata)
         if verify_output:
-            verify(tmp, arrays, metadata)
+            verify(tmp, plan.arrays, plan.metadata)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _conversion(dst: Path, plan: _Plan) -> Conversion:
+    return Conversion(
+        path=dst,
+        tensors={n: (SAFETENSORS_DTYPES[a.dtype.name], a.shape) for n, a in plan.arrays.items()},
+        aliases=plan.aliases,
+        metadata=plan.metadata,
+    )
+
+
+def convert(
+    src: FileLike,
+    dst: str | os.PathLike,
+    *,
+    select: str | tuple | None = None,
+    drop: Iterable[str] = (),
+    shared: str = "dedupe",
+    records=None,
+    policy: Policy | None = None,
+    allow=None,
+    limits: Limits | None = None,
+    encoding: str = "ASCII",
+    verify_output: bool = True,
+) -> Conversion | ShardedConversion:
+    """Write the tensors of checkpoint ``src`` to the safetensors file ``dst``.
+
+    Reads ``src`` with safeload (never runs its code; ``records``, ``policy``,
+    ``allow`` as for ``safeload.load``). Nested dicts and lists of tensors get
+    dotted names; other values go to the metadata (strings as they are, numbers
+    and small containers as JSON). ``select="state_dict"`` converts one part of
+    the checkpoint; ``drop=["optimizer_states"]`` leaves names (and everything
+    under them) out. ``shared="dedupe"`` writes tied tensors (the same view of
+    one storage) once and records the other names in the ``safeload.aliases``
+    metadata entry; ``shared="clone"`` writes every name. The output is read
+    back and compared byte for byte before it replaces ``dst``. A checkpoint that
+    is one bare tensor is written under the name ``"tensor"``.
+
+    When ``src`` is the path of a sharded checkpoint's index
+    (``pytorch_model.bin.index.json``), each shard becomes a safetensors shard
+    (``pytorch_model-00001-of-00002.bin`` -> ``model-00001-of-00002.safetensors``)
+    and an index is written as transformers writes one; see ``convert_sharded``.
+
+    Raises ``ConvertError`` (a SafeloadError) listing whatever does not fit.
+
+    >>> import safeload
+    >>> safeload.convert("model.pt", "model.safetensors")   # doctest: +SKIP
+    Conversion(path=PosixPath('model.safetensors'), tensors={...}, ...)
+    """
+    if shared not in ("dedupe", "clone"):
+        raise ValueError(f"shared must be 'dedupe' or 'clone', got {shared!r}")
+    if isinstance(drop, str):
+        drop = [drop]
+    drop = tuple(drop)
+    try:
+        import safetensors.numpy  # noqa: F401 - fail before reading anything
+    except ImportError as exc:  # an optional dependency, only for convert
+        raise ImportError(f"safeload.convert needs the safetensors package: {exc}") from exc
+    if isinstance(src, (str, os.PathLike)):
+        from .sharded import is_index
+
+        if is_index(src):
+            if select is not None:
+                raise ValueError("select= does not apply to a sharded index: its shards are "
+                                 "state dicts; use drop= to leave weights out")
+            return convert_sharded(src, dst, drop=drop, shared=shared, records=records,
+                                   policy=policy, allow=allow, limits=limits,
+                                   encoding=encoding, verify_output=verify_output)
+
+    plan = _plan(src, select=select, drop=drop, shared=shared, records=records, policy=policy,
+                 allow=allow, limits=limits, encoding=encoding)
+    dst = Path(dst)
+    tmp = _write_temporary(plan, dst, verify_output)
+    try:
         os.replace(tmp, dst)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return Conversion(
-        path=dst,
-        tensors={n: (SAFETENSORS_DTYPES[a.dtype.name], a.shape) for n, a in arrays.items()},
-        aliases=aliases,
-        metadata=metadata,
-    )
+    return _conversion(dst, plan)
+
+
+# -- sharded checkpoints --------------------------------------------------------------
+
+#: the index name transformers writes next to safetensors shards
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+
+
+@dataclass
+class ShardedConversion:
+    """What ``convert`` wrote for a sharded index: the new index, and one
+    ``Conversion`` per shard (keyed by the new shard's file name)."""
+
+    path: Path
+    shards: dict[str, Conversion] = field(default_factory=dict)
+    #: the index's weight_map: weight name -> new shard file name
+    weight_map: dict[str, str] = field(default_factory=dict)
+    #: the index's metadata (``total_size``: bytes of tensor data in the shards)
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def tensors(self) -> dict[str, tuple[str, tuple[int, ...]]]:
+        return {n: t for shard in self.shards.values() for n, t in shard.tensors.items()}
+
+    @property
+    def aliases(self) -> dict[str, str]:
+        return {n: a for shard in self.shards.values() for n, a in shard.aliases.items()}
+
+
+def safetensors_shard_name(shard: str) -> str:
+    """The safetensors name of a shard, as Hugging Face's converter names it:
+    ``pytorch_model-00001-of-00002.bin`` -> ``model-00001-of-00002.safetensors``."""
+    stem = shard[:-len(Path(shard).suffix)] if Path(shard).suffix else shard
+    return stem.replace("pytorch_model", "model") + ".safetensors"
+
+
+def _output_place(dst: Path) -> tuple[Path, str]:
+    """(directory, index file name): ``dst`` is the index to write (a name
+    ending in ``.json``) or the directory to write it and the shards into."""
+    if dst.name.endswith(".json"):
+        return dst.parent, dst.name
+    if dst.name.endswith(".safetensors"):
+        raise ValueError(f"a sharded checkpoint converts to sharded files: give a directory "
+                         f"or the index to write ({SAFETENSORS_INDEX}), not {dst.name!r}")
+    return dst, SAFETENSORS_INDEX
+
+
+def _check_shard_structure(index, shard: str):
+    from .sharded import check_shard
+
+    where = os.fspath(index.shard_path(shard))
+
+    def check(structure) -> None:
+        if not isinstance(structure, dict):
+            raise ConvertError(f"shard {shard!r} holds a {type(structure).__name__}, not a "
+                               "dict of weights", file=where)
+        check_shard(index, shard, structure.keys())
+        not_tensors = [k for k, v in structure.items() if not isinstance(v, np.ndarray)]
+        if not_tensors:
+            raise ConvertError(f"shard {shard!r} holds values that are not tensors",
+                               keys=not_tensors, file=where)
+
+    return check
+
+
+def convert_sharded(
+    index: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    drop: Iterable[str] = (),
+    shared: str = "dedupe",
+    records=None,
+    policy: Policy | None = None,
+    allow=None,
+    limits: Limits | None = None,
+    encoding: str = "ASCII",
+    verify_output: bool = True,
+) -> ShardedConversion:
+    """Convert a sharded checkpoint (its ``*.index.json``) to safetensors shards.
+
+    The layout is the one transformers writes: the same split into shards, each
+    ``pytorch_model-0000k-of-0000n.bin`` written as ``model-0000k-of-0000n.safetensors``
+    (with ``"format": "pt"`` metadata), and ``model.safetensors.index.json`` whose
+    ``weight_map`` names the new files and whose ``metadata`` is the old index's
+    with ``total_size`` set to the bytes of tensor data written. ``dst`` is the
+    directory to write into (created if missing), or the path of the index to
+    write. Every shard is checked against the index as ``load_sharded`` checks
+    it, converted with ``convert``'s rules (tied weights within a shard, dtypes,
+    ``drop``) and read back, each under a temporary name; only when all of them
+    are written are they renamed into place, so a bad shard leaves nothing
+    behind (a ``SafeloadError`` naming the shard).
+
+    >>> import safeload
+    >>> safeload.convert("llama/pytorch_model.bin.index.json", "llama-st/")  # doctest: +SKIP
+    ShardedConversion(path=PosixPath('llama-st/model.safetensors.index.json'), ...)
+    """
+    from .sharded import read_index
+
+    if isinstance(drop, str):
+        drop = [drop]
+    drop = tuple(drop)
+    idx = read_index(index)
+    directory, index_name = _output_place(Path(dst))
+    names = {shard: safetensors_shard_name(shard) for shard in idx.shards}
+    sources = {idx.path.resolve(), *(idx.shard_path(s).resolve() for s in idx.shards)}
+    targets = [directory / n for n in names.values()] + [directory / index_name]
+    clash = [os.fspath(t) for t in targets if t.resolve() in sources]
+    if len(set(targets)) != len(targets) or clash:
+        raise ConvertError("the safetensors files would overwrite each other or the "
+                           "checkpoint", keys=clash or [os.fspath(t) for t in targets],
+                           file=os.fspath(idx.path))
+    created = not directory.exists()
+    directory.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}  # final name -> temporary file
+    result = ShardedConversion(path=directory / index_name)
+    try:
+        for shard in idx.shards:
+            plan = _plan(idx.shard_path(shard), select=None, drop=drop, shared=shared,
+                         records=records, policy=policy, allow=allow, limits=limits,
+                         encoding=encoding, check=_check_shard_structure(idx, shard))
+            if not plan.arrays:  # every weight dropped: no shard
+                continue
+            final = directory / names[shard]
+            written[names[shard]] = _write_temporary(plan, final, verify_output)
+            result.shards[names[shard]] = _conversion(final, plan)
+            result.weight_map.update(dict.fromkeys(plan.arrays, names[shard]))
+            del plan  # one shard's arrays in memory at a time
+        if not result.shards:
+            raise ConvertError("drop= leaves no weight to convert", file=os.fspath(idx.path))
+        total = sum(math.prod(shape) * _ITEMSIZES[dtype]
+                    for conv in result.shards.values()
+                    for dtype, shape in conv.tensors.values())
+        result.metadata = {**idx.metadata, "total_size": total}
+        # weights in the old index's order, as transformers keeps them
+        result.weight_map = {w: result.weight_map[w] for w in idx.weight_map
+                             if w in result.weight_map}
+        text = json.dumps({"metadata": result.metadata, "weight_map": result.weight_map},
+                          indent=2, ensure_ascii=False) + "\n"
+        tmp = directory / f".{index_name}.{secrets.token_hex(8)}.tmp"
+        with open(tmp, "x", encoding="utf-8") as fh:
+            written[index_name] = tmp
+            fh.write(text)
+        for final, tmp in list(written.items()):  # the index last
+            os.replace(tmp, directory / final)
+            del written[final]
+    except BaseException:
+        for tmp in written.values():
+            tmp.unlink(missing_ok=True)
+        if created:
+            try:
+                directory.rmdir()  # only if still empty
+            except OSError:
+                pass
+        raise
+    return result
+
+
+#: bytes per element of each safetensors dtype safeload writes
+_ITEMSIZES = {"BOOL": 1, "U8": 1, "I8": 1, "I16": 2, "U16": 2, "I32": 4, "U32": 4, "I64": 8,
+              "U64": 8, "F16": 2, "BF16": 2, "F32": 4, "F64": 8, "F8_E4M3": 1, "F8_E5M2": 1,
+              "F8_E4M3FNUZ": 1, "F8_E5M2FNUZ": 1, "C64": 8}
+assert set(_ITEMSIZES) == set(SAFETENSORS_DTYPES.values())
 
 
 def _name_of(src) -> str | None:
@@ -483,7 +704,8 @@ def main(argv: list[str] | None = None, *, prog: str = "safeload convert") -> in
         description="Convert a PyTorch checkpoint to safetensors without running its code.",
     )
     parser.add_argument("src", help="the checkpoint (any format safeload reads)")
-    parser.add_argument("dst", help="the .safetensors file to write")
+    parser.add_argument("dst", help="the .safetensors file to write; for a sharded index "
+                        "(*.bin.index.json), the directory (or the index path) to write to")
     parser.add_argument("--select", help="convert only this part, e.g. state_dict")
     parser.add_argument("--drop", action="append", default=[], metavar="NAME",
                         help="leave out this dotted name and what is under it (repeatable)")
@@ -501,7 +723,9 @@ def main(argv: list[str] | None = None, *, prog: str = "safeload convert") -> in
     except SafeloadError as err:
         print(f"{prog}: {err}", file=sys.stderr)
         return 1
-    print(f"wrote {len(result.tensors)} tensors to {result.path}"
+    shards = (f" in {len(result.shards)} shards" if isinstance(result, ShardedConversion)
+              else "")
+    print(f"wrote {len(result.tensors)} tensors{shards} to {result.path}"
           + (f" ({len(result.aliases)} tied names recorded as aliases)" if result.aliases
              else ""))
     return 0
