@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import _compat_pickle
 import gc
+import os
 import struct
 import sys
 from collections import OrderedDict
@@ -67,6 +68,23 @@ from .opcodes import (
 __all__ = ["Opaque", "Unpickler"]
 
 _UINT4 = struct.Struct("<I").unpack_from  # LONG_BINPUT's index, read inline
+
+
+def _fast_run():
+    """The compiled loop of the hot pure-data opcodes (``_vmfast.c``), or None:
+    not built on this machine, or SAFELOAD_PURE_PYTHON=1 is set."""
+    if os.environ.get("SAFELOAD_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    try:
+        from . import _vmfast
+    except ImportError:
+        return None
+    return _vmfast.run
+
+
+#: read at every run, so tests can switch it: ``monkeypatch.setattr(unpickler,
+#: "FAST_RUN", None)`` runs the pure-Python VM
+FAST_RUN = _fast_run()
 _HIGHEST_PROTOCOL = 5
 _COLLIDING_KEYS = 16  # distinct non-str keys of one container sharing one hash
 
@@ -172,8 +190,46 @@ class Unpickler:
         start = pos
         ops = 0
         max_ops = self.limits.max_ops
+        fast = FAST_RUN
+        bounds = (self._max_memo, self._max_nesting, self._max_items, self._max_bytes)
+        if fast is not None and not all(type(b) is int for b in bounds):
+            fast = None
         try:
             try:
+                if fast is not None:
+                    # The compiled loop runs the pure-data opcodes it is sure
+                    # of and stops, without running it, at any other opcode (or
+                    # one that would fail or reach a bound); the handler here
+                    # runs that one. It runs at most `budget` opcodes a call,
+                    # so the bounds below are checked as in the loop after.
+                    max_stack = self.limits.max_stack
+                    metastack = self.metastack
+                    memo = self.memo
+                    max_memo, max_nesting, max_items, max_bytes = bounds
+                    next_check = 1024  # as below: the stack after every 1024th opcode
+                    while True:
+                        start = pos
+                        budget = min(next_check - 1, max_ops) - ops
+                        pos, done, self.stack = fast(
+                            data, pos, self.stack, metastack, memo, budget,
+                            max_memo, max_nesting, max_items, max_bytes,
+                        )
+                        ops += done
+                        start = pos
+                        pos = dispatch[data[pos]](pos + 1)
+                        ops += 1
+                        if ops > max_ops:
+                            raise LimitError(
+                                f"pickle runs more than {max_ops} opcodes",
+                                hint="raise Limits.max_ops if the file is trusted",
+                            )
+                        if ops == next_check:
+                            next_check += 1024
+                            if self._held() > max_stack:
+                                raise LimitError(
+                                    f"the stack holds more than {max_stack} values",
+                                    hint="raise Limits.max_stack if the file is trusted",
+                                )
                 if len(data) - pos <= min(max_ops, self.limits.max_stack):
                     # Every opcode consumes at least its own byte and leaves
                     # at most one more value on the stack (or one more MARK),

@@ -1,0 +1,428 @@
+/* safeload._vmfast: the restricted VM's hot opcodes, compiled.
+ *
+ * Strategy: run() executes opcodes of one pickle on the Python VM's own
+ * state (its stack list, metastack list and memo dict) for as long as every
+ * opcode is one of a fixed set of pure-data opcodes *and* is sure to succeed.
+ * At the first opcode that is anything else -- a global, a call, a persistent
+ * id, STOP, an unknown byte -- or that would fail or touch a bound (argument
+ * past the end, memo key never stored, memo / nesting / item / length limit
+ * reached, invalid UTF-8, too few values, a container that is not the exact
+ * builtin type), it returns *without executing that opcode*, and the Python
+ * VM runs it with its own handler and its own error message. So this file
+ * never decides a verdict and never raises a SafeloadError: it only does, faster,
+ * what the Python handlers of the same opcodes would do on the happy path.
+ *
+ * Security argument, in full:
+ * - every read of the pickle is bounds-checked against its length before it
+ *   happens (need());
+ * - only exact list / dict / tuple / str / int / float objects are made or
+ *   changed, through C-API calls that never run Python code (dict keys here
+ *   are ints and exact strs, whose hash and compare are builtin);
+ * - limits are checked before the change, conservatively (a value at the
+ *   bound goes back to Python, which decides);
+ * - it runs at most `budget` opcodes per call, so the Python loop's opcode and
+ *   stack bounds are checked exactly as often as without it;
+ * - a failed allocation propagates as MemoryError, which the Python loop turns
+ *   into a LimitError.
+ * SAFELOAD_PURE_PYTHON=1 disables it; the test suites run both ways.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+#if PY_VERSION_HEX < 0x030B0000
+#define Unpack8(p) _PyFloat_Unpack8((const unsigned char *)(p), 0)
+#else
+#define Unpack8(p) PyFloat_Unpack8((const char *)(p), 0)
+#endif
+
+/* opcode bytes (pickletools names) */
+enum {
+    OP_MARK = '(', OP_BININT = 'J', OP_BININT1 = 'K', OP_BININT2 = 'M',
+    OP_NONE = 'N', OP_BINUNICODE = 'X', OP_SHORT_BINUNICODE = 0x8c,
+    OP_APPEND = 'a', OP_APPENDS = 'e', OP_BINGET = 'h', OP_LONG_BINGET = 'j',
+    OP_EMPTY_LIST = ']', OP_BINPUT = 'q', OP_LONG_BINPUT = 'r', OP_MEMOIZE = 0x94,
+    OP_SETITEM = 's', OP_SETITEMS = 'u', OP_TUPLE = 't', OP_EMPTY_TUPLE = ')',
+    OP_EMPTY_DICT = '}', OP_TUPLE1 = 0x85, OP_TUPLE2 = 0x86, OP_TUPLE3 = 0x87,
+    OP_NEWTRUE = 0x88, OP_NEWFALSE = 0x89, OP_BINFLOAT = 'G',
+};
+
+static uint32_t
+u4(const unsigned char *p)
+{
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16)
+           | ((uint32_t)p[3] << 24);
+}
+
+static int
+arg_size(PyObject *o, Py_ssize_t *out)
+{
+    /* a bound from Limits: past Py_ssize_t is "no bound", below 0 is 0 */
+    int overflow = 0;
+    if (!PyLong_Check(o)) {
+        PyErr_SetString(PyExc_TypeError, "run(): bounds and offsets are ints");
+        return -1;
+    }
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow > 0 || v > PY_SSIZE_T_MAX)
+        *out = PY_SSIZE_T_MAX;
+    else if (overflow < 0 || v < 0)
+        *out = 0;
+    else
+        *out = (Py_ssize_t)v;
+    return 0;
+}
+
+/* push a new reference; steals it */
+static int
+push(PyObject *stack, PyObject *value)
+{
+    if (value == NULL)
+        return -1;
+    int rc = PyList_Append(stack, value);
+    Py_DECREF(value);
+    return rc;
+}
+
+/* memo[index] = stack[-1]; 1 = done, 0 = leave it to Python, -1 = error */
+static int
+memo_put(PyObject *memo, PyObject *stack, size_t index, Py_ssize_t max_memo)
+{
+    Py_ssize_t n = PyList_GET_SIZE(stack);
+    if (n == 0 || PyDict_GET_SIZE(memo) >= max_memo)
+        return 0;
+    PyObject *key = PyLong_FromSize_t(index);
+    if (key == NULL)
+        return -1;
+    int rc = PyDict_SetItem(memo, key, PyList_GET_ITEM(stack, n - 1));
+    Py_DECREF(key);
+    return rc < 0 ? -1 : 1;
+}
+
+/* push memo[index]; 1 = done, 0 = never stored (Python raises), -1 = error */
+static int
+memo_get(PyObject *memo, PyObject *stack, size_t index)
+{
+    PyObject *key = PyLong_FromSize_t(index);
+    if (key == NULL)
+        return -1;
+    PyObject *value = PyDict_GetItemWithError(memo, key);  /* borrowed */
+    Py_DECREF(key);
+    if (value == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    return PyList_Append(stack, value) < 0 ? -1 : 1;
+}
+
+/* a str from UTF-8 (surrogatepass, as pickle writes); NULL with no error set
+   means: invalid, leave it to Python */
+static PyObject *
+utf8(const unsigned char *p, Py_ssize_t n)
+{
+    PyObject *s = PyUnicode_DecodeUTF8((const char *)p, n, "surrogatepass");
+    if (s == NULL && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+        PyErr_Clear();
+    return s;
+}
+
+/* run(data, pos, stack, metastack, memo, budget,
+ *     max_memo, max_nesting, max_items, max_bytes) -> (pos, ops, stack)
+ *
+ * Runs at most `budget` opcodes from `pos`. Returns the offset of the first
+ * opcode not run, the number run, and the current stack (a MARK or TUPLE
+ * replaces it, as the Python VM's self.stack).
+ */
+static PyObject *
+run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 10) {
+        PyErr_SetString(PyExc_TypeError, "run() takes 10 arguments");
+        return NULL;
+    }
+    PyObject *data = args[0], *metastack = args[3], *memo = args[4];
+    if (!PyBytes_CheckExact(data) || !PyList_CheckExact(args[2])
+        || !PyList_CheckExact(metastack) || !PyDict_CheckExact(memo)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "run(bytes, int, list, list, dict, int, ...)");
+        return NULL;
+    }
+    Py_ssize_t pos, budget, max_memo, max_nesting, max_items, max_bytes;
+    if (PyLong_Check(args[1]) && PyObject_RichCompareBool(args[1], Py_False, Py_LT) == 1) {
+        PyErr_SetString(PyExc_ValueError, "run(): negative offset");
+        return NULL;
+    }
+    if (arg_size(args[1], &pos) < 0 || arg_size(args[5], &budget) < 0
+        || arg_size(args[6], &max_memo) < 0 || arg_size(args[7], &max_nesting) < 0
+        || arg_size(args[8], &max_items) < 0 || arg_size(args[9], &max_bytes) < 0)
+        return NULL;
+
+    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(data);
+    const Py_ssize_t len = PyBytes_GET_SIZE(data);
+    PyObject *stack = args[2];
+    Py_INCREF(stack);
+    Py_ssize_t ops = 0;
+    int rc;
+
+/* the opcode's argument is n bytes at p: or leave the opcode to Python */
+#define need(n) do { if ((Py_ssize_t)(n) > len - p) goto done; } while (0)
+#define CHECK(expr) do { rc = (expr); if (rc < 0) goto error; if (rc == 0) goto done; } while (0)
+
+    while (ops < budget && pos < len) {
+        Py_ssize_t p = pos + 1;  /* the argument's offset */
+        Py_ssize_t n = PyList_GET_SIZE(stack);
+        switch (buf[pos]) {
+        case OP_BININT1:
+            need(1);
+            if (push(stack, PyLong_FromLong(buf[p])) < 0)
+                goto error;
+            p += 1;
+            break;
+        case OP_BININT2:
+            need(2);
+            if (push(stack, PyLong_FromLong(buf[p] | (buf[p + 1] << 8))) < 0)
+                goto error;
+            p += 2;
+            break;
+        case OP_BININT:
+            need(4);
+            if (push(stack, PyLong_FromLong((long)(int32_t)u4(buf + p))) < 0)
+                goto error;
+            p += 4;
+            break;
+        case OP_BINFLOAT: {
+            need(8);
+            double x = Unpack8(buf + p);
+            if (x == -1.0 && PyErr_Occurred())
+                goto error;
+            if (push(stack, PyFloat_FromDouble(x)) < 0)
+                goto error;
+            p += 8;
+            break;
+        }
+        case OP_NONE:
+            if (PyList_Append(stack, Py_None) < 0)
+                goto error;
+            break;
+        case OP_NEWTRUE:
+            if (PyList_Append(stack, Py_True) < 0)
+                goto error;
+            break;
+        case OP_NEWFALSE:
+            if (PyList_Append(stack, Py_False) < 0)
+                goto error;
+            break;
+        case OP_SHORT_BINUNICODE:
+        case OP_BINUNICODE: {
+            size_t size;
+            if (buf[pos] == OP_SHORT_BINUNICODE) {
+                need(1);
+                size = buf[p];
+                p += 1;
+            } else {
+                need(4);
+                size = u4(buf + p);
+                p += 4;
+            }
+            need(size);
+            /* code points <= bytes: a string within the bound in bytes is
+               within it; a longer one goes to Python, which counts */
+            if ((Py_ssize_t)size > max_bytes)
+                goto done;
+            PyObject *s = utf8(buf + p, (Py_ssize_t)size);
+            if (s == NULL) {
+                if (PyErr_Occurred())
+                    goto error;
+                goto done;
+            }
+            if (push(stack, s) < 0)
+                goto error;
+            p += size;
+            break;
+        }
+        case OP_EMPTY_TUPLE:
+            if (push(stack, PyTuple_New(0)) < 0)
+                goto error;
+            break;
+        case OP_EMPTY_LIST:
+            if (push(stack, PyList_New(0)) < 0)
+                goto error;
+            break;
+        case OP_EMPTY_DICT:
+            if (push(stack, PyDict_New()) < 0)
+                goto error;
+            break;
+        case OP_TUPLE1:
+        case OP_TUPLE2:
+        case OP_TUPLE3: {
+            Py_ssize_t k = buf[pos] - OP_TUPLE1 + 1;
+            if (n < k)
+                goto done;
+            PyObject *t = PyList_GetSlice(stack, n - k, n);
+            if (t == NULL)
+                goto error;
+            PyObject *tuple = PyList_AsTuple(t);
+            Py_DECREF(t);
+            if (tuple == NULL)
+                goto error;
+            if (PyList_SetSlice(stack, n - k, n, NULL) < 0) {
+                Py_DECREF(tuple);
+                goto error;
+            }
+            if (push(stack, tuple) < 0)
+                goto error;
+            break;
+        }
+        case OP_MARK: {
+            /* Python: append, then refuse more than max_nesting open MARKs */
+            if (PyList_GET_SIZE(metastack) >= max_nesting)
+                goto done;
+            PyObject *fresh = PyList_New(0);
+            if (fresh == NULL)
+                goto error;
+            if (PyList_Append(metastack, stack) < 0) {
+                Py_DECREF(fresh);
+                goto error;
+            }
+            Py_DECREF(stack);  /* metastack holds it now */
+            stack = fresh;
+            break;
+        }
+        case OP_TUPLE:
+        case OP_SETITEMS:
+        case OP_APPENDS: {
+            /* pop the MARK: the items are the current stack */
+            Py_ssize_t depth = PyList_GET_SIZE(metastack);
+            if (depth == 0 || n > max_items)
+                goto done;
+            PyObject *below = PyList_GET_ITEM(metastack, depth - 1);
+            Py_ssize_t m = PyList_GET_SIZE(below);
+            if (buf[pos] == OP_SETITEMS) {
+                if (n % 2 || m == 0 || !PyDict_CheckExact(PyList_GET_ITEM(below, m - 1)))
+                    goto done;
+                for (Py_ssize_t i = 0; i < n; i += 2)
+                    if (!PyUnicode_CheckExact(PyList_GET_ITEM(stack, i)))
+                        goto done;
+                PyObject *target = PyList_GET_ITEM(below, m - 1);
+                for (Py_ssize_t i = 0; i < n; i += 2)
+                    if (PyDict_SetItem(target, PyList_GET_ITEM(stack, i),
+                                       PyList_GET_ITEM(stack, i + 1)) < 0)
+                        goto error;
+            } else if (buf[pos] == OP_APPENDS) {
+                if (m == 0 || !PyList_CheckExact(PyList_GET_ITEM(below, m - 1)))
+                    goto done;
+                PyObject *target = PyList_GET_ITEM(below, m - 1);
+                if (PyList_SetSlice(target, PyList_GET_SIZE(target),
+                                    PyList_GET_SIZE(target), stack) < 0)
+                    goto error;
+            } else {
+                PyObject *tuple = PyList_AsTuple(stack);
+                if (tuple == NULL)
+                    goto error;
+                if (push(below, tuple) < 0)
+                    goto error;
+            }
+            Py_INCREF(below);
+            if (PyList_SetSlice(metastack, depth - 1, depth, NULL) < 0) {
+                Py_DECREF(below);
+                goto error;
+            }
+            Py_DECREF(stack);
+            stack = below;
+            break;
+        }
+        case OP_SETITEM: {
+            if (n < 3)
+                goto done;
+            PyObject *target = PyList_GET_ITEM(stack, n - 3);
+            PyObject *key = PyList_GET_ITEM(stack, n - 2);
+            if (!PyDict_CheckExact(target) || !PyUnicode_CheckExact(key))
+                goto done;
+            if (PyDict_SetItem(target, key, PyList_GET_ITEM(stack, n - 1)) < 0)
+                goto error;
+            if (PyList_SetSlice(stack, n - 2, n, NULL) < 0)
+                goto error;
+            break;
+        }
+        case OP_APPEND: {
+            if (n < 2)
+                goto done;
+            PyObject *target = PyList_GET_ITEM(stack, n - 2);
+            if (!PyList_CheckExact(target))
+                goto done;
+            if (PyList_Append(target, PyList_GET_ITEM(stack, n - 1)) < 0)
+                goto error;
+            if (PyList_SetSlice(stack, n - 1, n, NULL) < 0)
+                goto error;
+            break;
+        }
+        case OP_BINGET:
+            need(1);
+            CHECK(memo_get(memo, stack, buf[p]));
+            p += 1;
+            break;
+        case OP_LONG_BINGET:
+            need(4);
+            CHECK(memo_get(memo, stack, u4(buf + p)));
+            p += 4;
+            break;
+        case OP_BINPUT:
+            need(1);
+            CHECK(memo_put(memo, stack, buf[p], max_memo));
+            p += 1;
+            break;
+        case OP_LONG_BINPUT:
+            need(4);
+            CHECK(memo_put(memo, stack, u4(buf + p), max_memo));
+            p += 4;
+            break;
+        case OP_MEMOIZE:
+            CHECK(memo_put(memo, stack, (size_t)PyDict_GET_SIZE(memo), max_memo));
+            break;
+        default:
+            goto done;
+        }
+        pos = p;
+        ops++;
+    }
+done:
+    {
+        PyObject *result = PyTuple_New(3);
+        PyObject *at = PyLong_FromSsize_t(pos), *count = PyLong_FromSsize_t(ops);
+        if (result == NULL || at == NULL || count == NULL) {
+            Py_XDECREF(result);
+            Py_XDECREF(at);
+            Py_XDECREF(count);
+            Py_DECREF(stack);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(result, 0, at);
+        PyTuple_SET_ITEM(result, 1, count);
+        PyTuple_SET_ITEM(result, 2, stack);  /* steals */
+        return result;
+    }
+error:
+    Py_DECREF(stack);
+    return NULL;
+#undef need
+#undef CHECK
+}
+
+static PyMethodDef methods[] = {
+    {"run", (PyCFunction)(void (*)(void))run, METH_FASTCALL,
+     "Run the pickle's hot pure-data opcodes; stop at anything else."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_vmfast",
+    "The restricted VM's hot opcodes, compiled (see unpickler.py).", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__vmfast(void)
+{
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,274 @@
+"""The compiled loop (``_vmfast.c``) changes nothing but speed.
+
+It runs the hot pure-data opcodes and hands every other opcode -- and every
+one that would fail or reach a bound -- back to the Python handler. So for any
+bytes and any Limits, a load with it and a load without it must give the same
+value (same types, float bits, array bytes, sharing) or the same error (same
+type, same message, same location). Each property here runs both and compares.
+The other suites (oracle, adversarial, properties) run with the compiled loop,
+as users do; this one is what ties it to the pure-Python VM they were written
+against.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+from fuzzkit import examples, op, torch_zip
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_fuzz_oracle import _TIGHT, pickles
+from test_fuzz_properties import _STORAGES, mutate, opcode_sequences
+
+import safeload
+from safeload import unpickler
+
+FAST = unpickler._fast_run() if unpickler.FAST_RUN is None else unpickler.FAST_RUN
+
+pytestmark = pytest.mark.skipif(FAST is None, reason="safeload._vmfast is not built here")
+
+
+def _load(data: bytes, fast, **kwargs):
+    saved = unpickler.FAST_RUN
+    unpickler.FAST_RUN = fast
+    try:
+        return "value", safeload.load(data, **kwargs)
+    except safeload.SafeloadError as err:
+        return "refused", err
+    finally:
+        unpickler.FAST_RUN = saved
+
+
+def _same(a, b, pairs: dict) -> bool:
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, (list, dict, set, bytearray, np.ndarray)):
+        # the same sharing: each object of one value pairs with one of the other
+        if id(a) in pairs:
+            return pairs[id(a)] is b
+        pairs[id(a)] = b
+    if isinstance(a, np.ndarray):
+        return (a.dtype == b.dtype and a.shape == b.shape and a.strides == b.strides
+                and a.tobytes() == b.tobytes())
+    if isinstance(a, float):
+        return struct.pack("<d", a) == struct.pack("<d", b) or (math.isnan(a) and math.isnan(b))
+    if isinstance(a, complex):
+        return _same(a.real, b.real, pairs) and _same(a.imag, b.imag, pairs)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y, pairs) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        if len(a) != len(b) or not _same(getattr(a, "_metadata", None),
+                                         getattr(b, "_metadata", None), pairs):
+            return False
+        return all(_same(ka, kb, pairs) and _same(a[ka], b[kb], pairs)
+                   for ka, kb in zip(a, b, strict=True))
+    if isinstance(a, (set, frozenset)):
+        return len(a) == len(b) and sorted(map(repr, a)) == sorted(map(repr, b))
+    if isinstance(a, (str, bytes, int, bool, type(None), bytearray)):
+        return a == b
+    return repr(a) == repr(b)  # records, Opaque, numpy scalars: by what they show
+
+
+def assert_same(data: bytes, **kwargs) -> None:
+    fast = _load(data, FAST, **kwargs)
+    pure = _load(data, None, **kwargs)
+    assert fast[0] == pure[0], f"compiled: {fast[1]!r:.300}; pure Python: {pure[1]!r:.300}"
+    if fast[0] == "refused":
+        assert type(fast[1]) is type(pure[1])
+        assert str(fast[1]) == str(pure[1])
+        assert vars(fast[1]) == vars(pure[1])
+    else:
+        assert _same(fast[1], pure[1], {}), f"{fast[1]!r:.300} != {pure[1]!r:.300}"
+
+
+# --- opcode soup: mostly the opcodes the compiled loop runs ---------------------------------
+
+_HOT_NOARG = ["MARK", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "EMPTY_TUPLE", "EMPTY_LIST",
+              "EMPTY_DICT", "NONE", "NEWTRUE", "NEWFALSE", "SETITEM", "SETITEMS", "APPEND",
+              "APPENDS", "MEMOIZE", "POP", "DICT", "LIST", "EMPTY_SET", "ADDITEMS"]
+
+
+@st.composite
+def hot_op(draw) -> bytes:
+    kind = draw(st.integers(0, 9))
+    if kind <= 3:
+        return op(draw(st.sampled_from(_HOT_NOARG)))
+    if kind == 4:
+        return op("BININT1", draw(st.integers(0, 255))) if draw(st.booleans()) else \
+            op("BININT2", draw(st.integers(0, 65535)))
+    if kind == 5:
+        return op("BININT", draw(st.integers(-(2**31), 2**31 - 1))) if draw(st.booleans()) \
+            else op("BINFLOAT", draw(st.floats()))
+    if kind == 6:
+        name = draw(st.sampled_from(["SHORT_BINUNICODE", "BINUNICODE"]))
+        return op(name, draw(st.text(max_size=8)))
+    if kind == 7:
+        # raw bytes: invalid UTF-8 and lone surrogates (surrogatepass) reach the decoder
+        raw = draw(st.binary(max_size=6) | st.sampled_from([b"\xed\xa0\x80", b"\xff", b"a\xc3"]))
+        return b"\x8c" + bytes([len(raw)]) + raw
+    index = draw(st.integers(0, 6) | st.integers(0, 2**32 - 1))
+    if kind == 8:
+        return op("BINPUT", index % 256) if index < 256 and draw(st.booleans()) else \
+            op("LONG_BINPUT", index)
+    return op("BINGET", index % 256) if index < 256 and draw(st.booleans()) else \
+        op("LONG_BINGET", index)
+
+
+@st.composite
+def hot_soup(draw) -> bytes:
+    proto = draw(st.integers(2, 5))
+    body = b"".join(draw(st.lists(hot_op(), max_size=60)))
+    data = op("PROTO", proto) + body + op("STOP")
+    cut = draw(st.integers(0, 3))
+    return data[: len(data) - cut] if cut and len(data) > cut else data
+
+
+@settings(max_examples=examples(800))
+@given(hot_soup())
+def test_hot_opcode_soup_gives_the_same_outcome(data):
+    assert_same(data)
+
+
+@settings(max_examples=examples(500))
+@given(hot_soup(), _TIGHT)
+def test_hot_opcode_soup_under_tight_limits_gives_the_same_outcome(data, limits):
+    assert_same(data, limits=limits)
+
+
+@settings(max_examples=examples(300))
+@given(opcode_sequences(), st.booleans())
+def test_structured_opcode_sequences_give_the_same_outcome(data, in_zip):
+    assert_same(torch_zip(data, _STORAGES) if in_zip else data)
+
+
+@settings(max_examples=examples(200))
+@given(pickles())
+def test_safe_pickles_give_the_same_value(case):
+    data, encoding, _ = case
+    assert_same(data, encoding=encoding)
+
+
+@settings(max_examples=examples(200))
+@given(st.data())
+def test_mutated_pickles_under_tight_limits_give_the_same_outcome(data):
+    pickle_bytes, encoding, _ = data.draw(pickles())
+    mutated = data.draw(mutate(pickle_bytes))
+    assert_same(mutated, encoding=encoding, limits=data.draw(_TIGHT))
+
+
+# --- each hand-back condition, named -----------------------------------------------------
+
+_P = op("PROTO", 2)
+
+
+@pytest.mark.parametrize(
+    "body,limits",
+    [
+        (op("MARK") * 5 + op("STOP"), {"max_nesting": 4}),
+        (op("MARK") * 4 + op("TUPLE") * 4 + op("STOP"), {"max_nesting": 4}),
+        (op("MARK") + op("NONE") * 5 + op("TUPLE") + op("STOP"), {"max_container_items": 4}),
+        (op("MARK") + op("NONE") * 4 + op("TUPLE") + op("STOP"), {"max_container_items": 4}),
+        (op("NONE") + op("BINPUT", 1) + op("BINPUT", 2) + op("STOP"), {"max_memo": 1}),
+        (op("NONE") + op("BINPUT", 1) + op("BINPUT", 1) + op("STOP"), {"max_memo": 1}),
+        (op("NONE") + op("MEMOIZE") * 3 + op("STOP"), {"max_memo": 2}),
+        (op("BINUNICODE", "abcde") + op("STOP"), {"max_bytes": 4}),
+        (op("BINUNICODE", "éé") + op("STOP"), {"max_bytes": 2}),  # 4 bytes, 2 letters
+        (op("SHORT_BINUNICODE", "abcd") + op("STOP"), {"max_bytes": 4}),
+        (op("NONE") * 10 + op("POP") * 9 + op("STOP"), {"max_ops": 12}),
+        (op("NONE") * 10 + op("POP") * 9 + op("STOP"), {"max_ops": 21}),
+        (op("MARK") + op("NONE") * 3000 + op("TUPLE") + op("STOP"), {"max_stack": 2000}),
+    ],
+)
+def test_each_bound_is_decided_by_the_python_vm(body, limits):
+    assert_same(_P + body, limits=safeload.Limits(**limits))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        op("BINGET", 3) + op("STOP"),                    # never stored
+        op("LONG_BINGET", 2**32 - 1) + op("STOP"),
+        op("BINPUT", 0) + op("STOP"),                    # empty stack
+        op("MEMOIZE") + op("STOP"),
+        op("TUPLE") + op("STOP"),                        # no MARK
+        op("NONE") + op("TUPLE2") + op("STOP"),          # too few values
+        op("NONE") + op("NONE") + op("TUPLE3") + op("STOP"),
+        op("TUPLE1") + op("STOP"),
+        b"X\x05\x00\x00\x00ab" ,                         # length past the end
+        b"X\x01\x00",                                    # length itself cut
+        b"\x8c\x02\xff\xfe" + op("STOP"),                # invalid UTF-8
+        b"\x8c\x03\xed\xa0\x80" + op("STOP"),            # a lone surrogate: accepted
+        b"J\x01\x02",                                    # BININT cut
+        b"G\x00\x00\x00\x00",                            # BINFLOAT cut
+        op("EMPTY_DICT") + op("MARK") + op("NONE") + op("NONE") + op("SETITEMS") + op("STOP"),
+        op("EMPTY_DICT") + op("MARK") + op("NONE") + op("SETITEMS") + op("STOP"),
+        op("EMPTY_DICT") + op("NONE") + op("NONE") + op("SETITEM") + op("STOP"),
+        op("EMPTY_DICT") + op("BININT1", 1) + op("NONE") + op("SETITEM") + op("STOP"),
+        op("EMPTY_LIST") + op("MARK") + op("SETITEMS") + op("STOP"),
+        op("EMPTY_TUPLE") + op("MARK") + op("NONE") + op("APPENDS") + op("STOP"),
+        op("EMPTY_TUPLE") + op("NONE") + op("APPEND") + op("STOP"),
+        op("MARK") + op("APPENDS") + op("STOP"),                       # nothing below MARK
+        op("MARK") + op("SETITEMS") + op("STOP"),
+        op("EMPTY_DICT") + op("SETITEM") + op("STOP"),
+        op("NONE") + op("APPEND") + op("STOP"),
+        op("EMPTY_LIST") + op("MARK") + op("BININT1", 2) + op("NONE") + op("APPENDS")
+        + op("DUP") + op("NONE") + op("APPEND") + op("POP") + op("STOP"),
+        op("EMPTY_DICT") + op("SHORT_BINUNICODE", "k") + op("EMPTY_LIST") + op("SETITEM")
+        + op("MARK") + op("SHORT_BINUNICODE", "k") + op("NONE") + op("SETITEMS") + op("STOP"),
+        op("NONE") + op("BINPUT", 0) + op("BINGET", 0) + op("BINGET", 0) + op("TUPLE2")
+        + op("STOP"),
+        b"",
+        op("NONE"),
+    ],
+)
+def test_each_failure_is_raised_by_the_python_vm(body):
+    assert_same(_P + body)
+
+
+def test_an_ordered_dict_target_goes_to_the_python_handler():
+    data = (_P + b"ccollections\nOrderedDict\n" + op("EMPTY_TUPLE") + op("REDUCE")
+            + op("MARK") + op("SHORT_BINUNICODE", "a") + op("NONE") + op("SETITEMS")
+            + op("SHORT_BINUNICODE", "b") + op("NONE") + op("SETITEM") + op("STOP"))
+    assert_same(data)
+    assert _load(data, FAST)[1] == OrderedDict(a=None, b=None)
+
+
+def test_a_real_state_dict_gives_the_same_arrays():
+    parts = [_P, op("EMPTY_DICT"), op("MARK")]
+    for i in range(50):
+        parts += [op("BINUNICODE", f"layer{i}.weight"), op("BINFLOAT", i / 7)]
+    data = b"".join(parts) + op("SETITEMS") + op("STOP")
+    assert_same(data)
+
+
+# --- the entry point itself ---------------------------------------------------------------
+
+
+def test_run_refuses_wrong_argument_types():
+    for args in [
+        (b"N.", 0, [], [], {}, 10, 1, 1, 1),  # 9 arguments
+        (bytearray(b"N."), 0, [], [], {}, 10, 1, 1, 1, 1),
+        (b"N.", 0, (), [], {}, 10, 1, 1, 1, 1),
+        (b"N.", 0, [], [], OrderedDict(), 10, 1, 1, 1, 1),
+        (b"N.", 0.0, [], [], {}, 10, 1, 1, 1, 1),
+        (b"N.", -1, [], [], {}, 10, 1, 1, 1, 1),
+    ]:
+        with pytest.raises((TypeError, ValueError)):
+            FAST(*args)
+
+
+def test_run_stops_at_the_first_opcode_it_does_not_run():
+    stack: list = []
+    pos, done, new = FAST(b"NNK\x05c", 0, stack, [], {}, 100, 10, 10, 10, 10)
+    assert (pos, done, new) == (4, 3, [None, None, 5]) and new is stack
+    # the budget: two opcodes, then back
+    assert FAST(b"NNN", 0, [], [], {}, 2, 10, 10, 10, 10)[:2] == (2, 2)
+    # past the end, or at it: nothing run
+    assert FAST(b"N", 1, [], [], {}, 5, 10, 10, 10, 10)[:2] == (1, 0)
+    assert FAST(b"N", 2**62, [], [], {}, 5, 10, 10, 10, 10)[:2] == (2**62, 0)
+    # a huge bound is "no bound"
+    assert FAST(b"N", 0, [], [], {}, 2**80, 2**80, 2**80, 2**80, 2**80)[:2] == (1, 1)
