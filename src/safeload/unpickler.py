@@ -207,11 +207,11 @@ class Unpickler:
                     memo = self.memo
                     max_memo, max_nesting, max_items, max_bytes = bounds
                     next_check = 1024  # as below: the stack after every 1024th opcode
+                    until = min(next_check - 1, max_ops)  # the compiled loop runs up to it
                     while True:
                         start = pos
-                        budget = min(next_check - 1, max_ops) - ops
                         pos, done, self.stack = fast(
-                            data, pos, self.stack, metastack, memo, budget,
+                            data, pos, self.stack, metastack, memo, until - ops,
                             max_memo, max_nesting, max_items, max_bytes,
                         )
                         ops += done
@@ -225,6 +225,7 @@ class Unpickler:
                             )
                         if ops == next_check:
                             next_check += 1024
+                            until = min(next_check - 1, max_ops)
                             if self._held() > max_stack:
                                 raise LimitError(
                                     f"the stack holds more than {max_stack} values",
