@@ -297,6 +297,8 @@ run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             if (depth == 0 || n > max_items)
                 goto done;
             PyObject *below = PyList_GET_ITEM(metastack, depth - 1);
+            if (!PyList_CheckExact(below))  /* only stacks are pushed there */
+                goto done;
             Py_ssize_t m = PyList_GET_SIZE(below);
             if (buf[pos] == OP_SETITEMS) {
                 if (n % 2 || m == 0 || !PyDict_CheckExact(PyList_GET_ITEM(below, m - 1)))

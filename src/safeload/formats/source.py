@@ -85,7 +85,11 @@ class Source:
         buffer = _new_buffer(size)
         view = memoryview(buffer)
         got = 0
-        while got < size:
+        fd = _plain_fd(fh) if size >= PARALLEL_FROM and _THREADS > 1 else None
+        if fd is not None:
+            got = _read_parallel(fd, view, start, size)
+            fh.seek(start + got)  # where one read would have left it
+        while fd is None and got < size:
             n = fh.readinto(view[got:]) if hasattr(fh, "readinto") else None
             if n is None:
                 chunk = fh.read(size - got)
@@ -125,8 +129,68 @@ class Source:
         self.close()
 
 
-#: files at least this large are read into a pre-populated anonymous mapping
+#: files at least this large are read into an anonymous mapping (see _new_buffer)
 _POPULATE_FROM = 1 << 24
+#: files at least this large are read by several threads at once (_read_parallel)
+PARALLEL_FROM = 1 << 26
+#: each thread's share starts on a huge-page boundary
+_ALIGN = 2 << 20
+_THREADS = min(4, os.cpu_count() or 1) if hasattr(os, "preadv") else 1
+
+
+def _plain_fd(fh) -> int | None:
+    """The descriptor of a plain file object, whose bytes at an offset are the
+    file's (not of a GzipFile or other wrapper whose fileno() is another file's)."""
+    if type(fh) not in (io.BufferedReader, io.BufferedRandom, io.FileIO):
+        return None
+    try:
+        return fh.fileno()
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return None
+
+
+def _read_parallel(fd: int, view: memoryview, start: int, size: int) -> int:
+    """Fill ``view`` with the file's bytes ``[start, start+size)``, a share per
+    thread (``os.preadv`` releases the GIL: on two cores a 1 GiB file from the
+    page cache is read in ~90 ms instead of ~160). Returns how many bytes from
+    the start were read without a gap: a file that shrank meanwhile gives a
+    shorter buffer, as one read would."""
+    import threading
+
+    step = -(-size // _THREADS)
+    step = -(-step // _ALIGN) * _ALIGN
+    spans = [(lo, min(size, lo + step)) for lo in range(0, size, step)]
+    done = [0] * len(spans)
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        lo, hi = spans[i]
+        pos = lo
+        try:
+            while pos < hi:
+                n = os.preadv(fd, [view[pos:hi]], start + pos)
+                if n <= 0:
+                    break
+                pos += n
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
+            errors.append(exc)
+        done[i] = pos - lo
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True)
+               for i in range(1, len(spans))]
+    for thread in threads:
+        thread.start()
+    work(0)
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    got = 0
+    for (lo, hi), n in zip(spans, done, strict=True):
+        got += n
+        if lo + n < hi:
+            break
+    return got
 
 
 def _new_buffer(size: int):
@@ -139,6 +203,15 @@ def _new_buffer(size: int):
     instead of ~570; benchmarks/run.py measures the whole load). Either way
     the memory is private to this load and freed with the last array over it.
     """
+    if size >= _POPULATE_FROM and _huge_pages():
+        # Transparent huge pages on request: one fault per 2 MiB instead of
+        # per 4 KiB (1 GiB read: ~160 ms instead of ~390 with MAP_POPULATE).
+        try:
+            buffer = _mmap.mmap(-1, size, flags=_mmap.MAP_PRIVATE | _mmap.MAP_ANONYMOUS)
+            buffer.madvise(_mmap.MADV_HUGEPAGE)
+            return buffer
+        except (OSError, ValueError):
+            pass
     populate = getattr(_mmap, "MAP_POPULATE", 0)  # Linux only
     if size >= _POPULATE_FROM and populate:
         try:
@@ -153,3 +226,21 @@ def _seekable(fh) -> bool:
         return bool(fh.seekable())
     except (AttributeError, OSError, ValueError):
         return False
+
+
+_THP: list[bool] = []
+
+
+def _huge_pages() -> bool:
+    """Whether madvise(MADV_HUGEPAGE) gets huge pages here (Linux, THP not
+    disabled); read once."""
+    if not _THP:
+        mode = ""
+        if hasattr(_mmap, "MADV_HUGEPAGE"):
+            try:
+                with open("/sys/kernel/mm/transparent_hugepage/enabled") as fh:
+                    mode = fh.read()
+            except OSError:
+                pass
+        _THP.append("[always]" in mode or "[madvise]" in mode)
+    return _THP[0]
