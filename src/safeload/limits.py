@@ -35,6 +35,18 @@ class Limits:
     max_ndim: int = 64
     #: records in one archive
     max_records: int = 10_000_000
+    #: bytes the scanner inflates from one compressed input (a gzip / bzip2 / xz
+    #: file, a deflated archive member) per compressed byte; ``min_inflate_budget``
+    #: applies when that is smaller. Past it the input is reported as not fully
+    #: scanned (SL303). Real checkpoints compress a few times, not hundreds
+    max_inflate_ratio: int = 200
+    #: bytes any compressed input may inflate to, whatever its size (so that a
+    #: small, well-compressed file still scans)
+    min_inflate_budget: int = 64 << 20
+    #: bytes the scanner inflates in all from one file (nested archives
+    #: included); within it, the whole file also keeps to ``max_inflate_ratio``
+    #: and ``min_inflate_budget``. One input is also bounded by ``max_bytes``
+    max_inflated_bytes: int = 2 << 30
 
     def check(self, what: str, value: int, bound: int, **where: object) -> None:
         if value > bound:
