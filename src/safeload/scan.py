@@ -35,7 +35,6 @@ Example::
 from __future__ import annotations
 
 import bz2
-import gzip
 import lzma
 import os
 import stat
@@ -478,11 +477,37 @@ MODEL_FORMATS: list[tuple[str, Callable[[bytes], bool]]] = [
     ("pickle", looks_like_pickle),
 ]
 
-#: single-stream compressors: unpacked (bounded) and the content sniffed again
+class _ZlibStream:
+    """zlib's decompressor with the interface of bz2's and lzma's (``needs_input``,
+    ``eof``, ``unused_data``), so that one loop drives all three."""
+
+    def __init__(self, wbits: int) -> None:
+        self._obj = zlib.decompressobj(wbits)
+        self.needs_input = True
+
+    @property
+    def eof(self) -> bool:
+        return self._obj.eof
+
+    @property
+    def unused_data(self) -> bytes:
+        return self._obj.unused_data
+
+    def decompress(self, data, max_length: int) -> bytes:
+        # zlib hands back the input it did not get to instead of keeping it
+        out = self._obj.decompress(self._obj.unconsumed_tail or data, max_length)
+        # a full output buffer may leave output pending inside zlib: ask again
+        self.needs_input = not self._obj.unconsumed_tail and len(out) < max_length
+        return out
+
+
+#: compressed files: (name, magic, a decompressor for one stream). They are
+#: inflated within a budget (``_inflate``), every concatenated stream, and the
+#: content sniffed again
 COMPRESSED: list[tuple[str, bytes, Callable]] = [
-    ("gzip", b"\x1f\x8b", gzip.decompress),
-    ("bzip2", b"BZh", bz2.decompress),
-    ("xz", b"\xfd7zXZ\x00", lzma.decompress),
+    ("gzip", b"\x1f\x8b", lambda: _ZlibStream(16 + zlib.MAX_WBITS)),
+    ("bzip2", b"BZh", bz2.BZ2Decompressor),
+    ("xz", b"\xfd7zXZ\x00", lzma.LZMADecompressor),
 ]
 
 #: archives safeload does not unpack: searched for embedded pickles instead
@@ -675,8 +700,6 @@ def _danger_of_full(full: str, split: tuple[str, str] | None) -> str | None:
 
 _MAX_DEPTH = 4  # nested archives
 _MAX_CHAIN = 64  # pickles chained in one stream
-_MAX_MEMBER = 1 << 30  # bytes inflated from one archive member
-_MAX_INFLATED = 2 << 30  # bytes inflated per top-level file
 _MAX_EMBEDDED = 32  # candidate pickles searched in an opaque archive
 _EMBEDDED_WINDOW = 64 << 20
 _TORCHSCRIPT_PICKLES = (".pkl", ".debug_pkl")
@@ -700,14 +723,19 @@ class ScanOptions:
 class _FileScanner:
     """Scans one file (and what is nested in it); collects its findings."""
 
-    def __init__(self, path: str, policy: Policy, limits: Limits, explain: bool) -> None:
+    def __init__(self, path: str, policy: Policy, limits: Limits, explain: bool,
+                 size: int | None = None) -> None:
         self.path = path
         self.policy = policy
         self.limits = limits
         self.explain = explain
         self.report = FileReport(path)
         self._seen: set[tuple] = set()
-        self._inflated = 0
+        self._inflated = 0  # bytes inflated so far, nested archives included
+        # all a file may inflate to: in proportion to its size, like each input
+        self._file_budget = (limits.max_inflated_bytes, "max_inflated_bytes")
+        if size is not None:
+            self._file_budget = min(_proportional_budget(limits, size), self._file_budget)
 
     # -- findings ----------------------------------------------------------------------
 
@@ -785,7 +813,7 @@ class _FileScanner:
         kind = sniff_model(source.view(0, source.size))
         if kind is None:
             return None
-        if kind in _COMPRESSED_BY_NAME:
+        if kind in _COMPRESSED_MAGIC:
             return self._compressed(kind, source, prefix, depth)
         if kind in _OPAQUE_NAMES:
             return kind if self._opaque(kind, source, prefix) else None
@@ -967,14 +995,54 @@ class _FileScanner:
         if entry.problem:
             self.add("unreadable", entry.problem, member=member, offset=entry.header_offset)
             return None
-        try:
-            data, inflated = entry.read(min(_MAX_MEMBER, _MAX_INFLATED - self._inflated))
-        except (zlib.error, ValueError, LimitError) as exc:
-            self.add("unreadable", f"member could not be read: {exc}", member=member,
-                     offset=entry.header_offset)
-            return None
-        self._inflated += inflated
-        return data
+        if entry.method == 0:
+            return entry.raw()
+        return self._inflate("deflate", entry.raw(), member, entry.header_offset).data
+
+    def _inflate_budget(self, compressed: int) -> tuple[int, str, str]:
+        """How many bytes ``compressed`` bytes may inflate to, the ``Limits`` field
+        that sets it, and what the bound applies to."""
+        own = min(_proportional_budget(self.limits, compressed),
+                  (self.limits.max_bytes, "max_bytes"))
+        total, field_name = self._file_budget
+        left = max(0, total - self._inflated)
+        if left < own[0]:
+            return left, field_name, f"what is left of the file's budget of {total} bytes"
+        return *own, f"the budget for {compressed} compressed bytes"
+
+    def _inflate(self, kind: str, view, member, offset: int | None,
+                 magic: bytes | None = None) -> _Inflated:
+        """Inflate within the budget; whatever stops it early (the budget, a
+        truncated or corrupt stream) is a finding: what was inflated is still
+        scanned by the caller, but the input is never reported clean. ``offset``
+        locates the finding (None: the compressed byte where inflation stopped)."""
+        budget, bound, what = self._inflate_budget(len(view))
+        result = _inflate_streams(_DECOMPRESSORS[kind], view, budget, magic)
+        self._inflated += len(result.data)
+        inflated = len(result.data)
+        if offset is None:  # where in the compressed data inflation stopped
+            offset = result.consumed
+        if result.problem == "budget":
+            self.add("limit-exceeded",
+                     f"{kind} data inflates to more than {budget} bytes ({what}): "
+                     f"inflation stopped after {inflated} bytes, at compressed byte "
+                     f"{result.consumed} of {len(view)}; the rest was not scanned",
+                     member=member, offset=offset,
+                     hint=f"The budget is set by Limits.{bound} ({_BUDGET_RULE}). If the "
+                     f"file is trusted, scan it with a larger {bound}")
+        elif result.problem == "truncated":
+            self.add("unreadable",
+                     f"{kind} data ends before the end of its stream (stream "
+                     f"{result.streams}, after {inflated} inflated bytes): the file is "
+                     "truncated; what was inflated is scanned, the rest is missing",
+                     member=member, offset=offset)
+        elif result.problem is not None:
+            self.add("unreadable",
+                     f"{kind} data could not be inflated past compressed byte "
+                     f"{result.consumed} (stream {result.streams}, after {inflated} "
+                     f"inflated bytes): {result.problem}; the rest was not scanned",
+                     member=member, offset=offset)
+        return result
 
     def _torchscript(self, source: Source, prefix) -> None:
         entries = _zip_entries(source.view(0, source.size), self.limits)
@@ -1010,23 +1078,22 @@ class _FileScanner:
                 self.scan_source(Source(view, self.path), member, depth + 1)
 
     def _compressed(self, kind: str, source: Source, prefix, depth: int) -> str | None:
-        decompress = _COMPRESSED_BY_NAME[kind]
-        budget = min(_MAX_MEMBER, _MAX_INFLATED - self._inflated)
-        try:
-            data = _bounded_decompress(kind, decompress, source.view(0, source.size), budget)
-        except LimitError:
-            self.add("unreadable", f"{kind} stream inflates to more than {budget} bytes: "
-                     "not inspected", member=prefix)
+        if depth >= _MAX_DEPTH:  # inflating it would be for nothing: never skip it silently
+            self.add("unreadable", f"{kind} data nested too deeply: not scanned", member=prefix)
             return kind
-        except (OSError, EOFError, ValueError, lzma.LZMAError, zlib.error) as exc:
-            self.add("unreadable", f"{kind} stream could not be decompressed: {exc}",
-                     member=prefix)
-            return kind
-        self._inflated += len(data)
-        if depth >= _MAX_DEPTH:
-            return None
-        inner = self.scan_source(Source(data, self.path), _join(prefix, f"<{kind}>"), depth + 1)
-        return f"{kind}+{inner}" if inner else None
+        before = len(self.report.findings)
+        view = source.view(0, source.size)
+        inflated = self._inflate(kind, view, prefix, None, _COMPRESSED_MAGIC[kind])
+        inner = None
+        if inflated.data:
+            inner = self.scan_source(Source(inflated.data, self.path),
+                                     _join(prefix, f"<{kind}>"), depth + 1)
+        if inflated.problem is None:
+            self._trailing(view, inflated.end, prefix, depth, after=kind)
+        if inner is not None:
+            return f"{kind}+{inner}"
+        # not a model file inside, unless something was found on the way
+        return kind if len(self.report.findings) > before else None
 
     def _opaque(self, kind: str, source: Source, prefix) -> bool:
         """Search an archive safeload cannot open for pickles (stored members show
@@ -1059,7 +1126,12 @@ class _FileScanner:
                            fickling=fickling))
 
 
-_COMPRESSED_BY_NAME = {name: fn for name, _, fn in COMPRESSED}
+_COMPRESSED_MAGIC = {name: magic for name, magic, _ in COMPRESSED}
+#: a decompressor for one stream, by format ("deflate": zip members)
+_DECOMPRESSORS: dict[str, Callable] = {name: new for name, _, new in COMPRESSED}
+_DECOMPRESSORS["deflate"] = lambda: _ZlibStream(-zlib.MAX_WBITS)
+_BUDGET_RULE = ("min(max(max_inflate_ratio x compressed size, min_inflate_budget), "
+                "max_bytes, what is left of the file's max_inflated_bytes)")
 _OPAQUE_NAMES = {name for name, _ in OPAQUE_ARCHIVES}
 
 #: what to salvage when the loader refuses a format (findings only get added)
@@ -1079,17 +1151,77 @@ def _join(prefix: str | None, member: str | None) -> str | None:
     return f"{prefix}!{member}"
 
 
-def _bounded_decompress(kind: str, decompress, data, budget: int) -> bytes:
-    if kind == "gzip":
-        obj = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    elif kind == "bzip2":
-        obj = bz2.BZ2Decompressor()
-    else:
-        obj = lzma.LZMADecompressor()
-    out = obj.decompress(bytes(data), budget + 1)
-    if len(out) > budget:
-        raise LimitError(f"more than {budget} bytes")
-    return out
+def _proportional_budget(limits: Limits, size: int) -> tuple[int, str]:
+    """max(ratio x ``size``, floor), and which of the two it is."""
+    scaled = limits.max_inflate_ratio * size
+    if scaled >= limits.min_inflate_budget:
+        return scaled, "max_inflate_ratio"
+    return limits.min_inflate_budget, "min_inflate_budget"
+
+
+_INFLATE_CHUNK = 1 << 20  # compressed bytes fed, and inflated bytes asked for, at once
+#: what a decompressor raises on bytes that are not a valid stream
+_INFLATE_ERRORS = (zlib.error, OSError, EOFError, ValueError, lzma.LZMAError)
+
+
+@dataclass
+class _Inflated:
+    """What ``_inflate_streams`` made of a compressed input: the bytes inflated
+    (all of them only when ``problem`` is None), where the last stream ended in
+    the input, and how many streams there were."""
+
+    data: bytearray
+    end: int  # after the last stream and its zero padding: trailing data starts here
+    streams: int
+    problem: str | None = None  # "budget", "truncated" or the decompressor's error
+    consumed: int = 0  # input bytes read when inflation stopped
+
+
+def _inflate_streams(new: Callable, view, budget: int, magic: bytes | None) -> _Inflated:
+    """Inflate ``view`` with decompressors from ``new``, fed and drained one chunk
+    at a time, so that memory is the output so far plus a chunk, and stop as
+    soon as the output passes ``budget``. With ``magic``, a stream may be
+    followed by more streams (after zero padding), as gzip, bzip2 and xz allow."""
+    view = memoryview(view)
+    size = len(view)
+    out = bytearray()
+    pos = streams = 0
+    while True:
+        obj = new()
+        streams += 1
+        try:
+            while not obj.eof:
+                if obj.needs_input:
+                    if pos >= size:
+                        return _Inflated(out, pos, streams, "truncated", pos)
+                    feed = view[pos : pos + _INFLATE_CHUNK]
+                    pos += len(feed)
+                else:  # output is pending: drain it before more input
+                    feed = b""
+                out += obj.decompress(feed, min(_INFLATE_CHUNK, budget + 1 - len(out)))
+                if len(out) > budget:
+                    del out[budget:]
+                    return _Inflated(out, pos, streams, "budget", pos)
+        except _INFLATE_ERRORS as exc:
+            return _Inflated(out, pos, streams, f"{type(exc).__name__}: {exc}", pos)
+        end = pos - len(obj.unused_data)  # where this stream ended
+        if magic is None:
+            return _Inflated(out, end, streams, None, pos)
+        following = _skip_zeros(view, end)
+        if bytes(view[following : following + len(magic)]) != magic:
+            return _Inflated(out, following, streams, None, pos)
+        pos = following
+
+
+def _skip_zeros(view: memoryview, pos: int) -> int:
+    """The first offset at or after ``pos`` that is not a zero byte (stream padding)."""
+    while pos < len(view):
+        chunk = bytes(view[pos : pos + _INFLATE_CHUNK])
+        rest = chunk.lstrip(b"\0")
+        if rest:
+            return pos + len(chunk) - len(rest)
+        pos += len(chunk)
+    return pos
 
 
 # --- containers the loader refuses: read leniently, for findings only ----------------
@@ -1106,19 +1238,11 @@ class _ZipEntry:
     buffer: memoryview
     problem: str | None = None
 
-    def read(self, budget: int) -> tuple[object, int]:
-        """(bytes, inflated size): stored members are views, deflated ones are
-        inflated up to ``budget`` bytes."""
+    def raw(self) -> memoryview:
+        """The member's bytes as stored (compressed, for a deflated member)."""
         end = len(self.buffer) if self.compressed_size is None else \
             min(len(self.buffer), self.data_offset + self.compressed_size)
-        raw = self.buffer[self.data_offset : end]
-        if self.method == 0:
-            return raw, 0
-        obj = zlib.decompressobj(-zlib.MAX_WBITS)
-        out = obj.decompress(bytes(raw), budget + 1)
-        if len(out) > budget:
-            raise LimitError(f"member inflates to more than {budget} bytes")
-        return out, len(out)
+        return self.buffer[self.data_offset : end]
 
 
 _LOCAL = struct.Struct("<IHHHHHIIIHH")
@@ -1479,7 +1603,7 @@ def scan_file(path, *, policy: Policy | None = None, allow=None, records=None,
             source = Source.open(path)
         except OSError:
             return _unreadable(path, exc)
-    scanner = _FileScanner(path, resolved, limits, explain)
+    scanner = _FileScanner(path, resolved, limits, explain, source.size)
     try:
         if source.size == 0:
             return Skipped(path, "empty file")
