@@ -174,10 +174,13 @@ RULES: dict[str, Rule] = {
              "clean. Findings before it are kept."),
         Rule("SL303", "limit-exceeded", "malformed",
              "The file exceeds a safeload.Limits bound.",
-             "The loader refuses it; scan it with larger limits only if you trust it."),
+             "The loader refuses it; scan it with larger limits only if you trust it. "
+             "Compressed data that inflates past its budget (Limits.max_inflate_ratio, "
+             "min_inflate_budget, max_inflated_bytes) was scanned only up to it."),
         Rule("SL304", "unreadable", "malformed",
              "The file or an archive member could not be read.",
-             "I/O error, an unsupported compression method, or an encrypted member."),
+             "I/O error, an unsupported compression method, an encrypted member, or a "
+             "truncated or corrupt compressed stream (what inflated before it is scanned)."),
         Rule("SL401", "container-note", "info",
              "The container holds something the loader notes but never reads.",
              "For example a record torch.load and safeload never read. It does not change "
