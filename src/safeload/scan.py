@@ -504,13 +504,17 @@ class _ZlibStream:
         return out
 
 
+_XZ_MEMLIMIT = 256 << 20
+
 #: compressed files: (name, magic, a decompressor for one stream). They are
 #: inflated within a budget (``_inflate``), every concatenated stream, and the
 #: content sniffed again
 COMPRESSED: list[tuple[str, bytes, Callable]] = [
     ("gzip", b"\x1f\x8b", lambda: _ZlibStream(16 + zlib.MAX_WBITS)),
     ("bzip2", b"BZh", bz2.BZ2Decompressor),
-    ("xz", b"\xfd7zXZ\x00", lzma.LZMADecompressor),
+    # xz headers declare the dictionary the decoder reserves: 256 MiB is 4x the
+    # largest preset's; a stream asking for more is unreadable, not inflated
+    ("xz", b"\xfd7zXZ\x00", lambda: lzma.LZMADecompressor(memlimit=_XZ_MEMLIMIT)),
 ]
 
 #: archives safeload does not unpack: searched for embedded pickles instead

@@ -243,6 +243,22 @@ def test_truncated_second_stream_is_not_clean(tmp_path):
     assert safeload.scan(path).exit_code() == 2
 
 
+def test_xz_stream_declaring_a_huge_dictionary_is_not_inflated(tmp_path):
+    # the block header's LZMA2 property byte rewritten to a 4 GiB dictionary
+    # (the header CRC fixed up): the decoder would reserve that much
+    data = lzma.compress(CLEAN)
+    size = (data[12] + 1) * 4
+    header = bytearray(data[12 : 12 + size])
+    at = header.find(b"\x21\x01")  # filter id LZMA2, one property byte
+    header[at + 2] = 40
+    header[-4:] = zlib.crc32(bytes(header[:-4])).to_bytes(4, "little")
+    path = write(tmp_path, "dict.xz", data[:12] + bytes(header) + data[12 + size :])
+    report = report_of(path)
+    [bad] = findings(report, "unreadable")
+    assert "could not be inflated" in bad.message and "limit" in bad.message.lower()
+    assert safeload.scan(path).exit_code() == 2
+
+
 def test_corrupt_stream_is_reported_and_what_came_before_scanned(tmp_path):
     second = bytearray(gzip.compress(bytes(1000)))
     second[-8] ^= 0xFF  # the CRC: zlib refuses the stream at its end
