@@ -1081,8 +1081,12 @@ class _FileScanner:
             view = source.view(start, size)
             if looks_like_pickle(view):
                 self.run_chain(view, 0, member)
-            elif depth < _MAX_DEPTH and sniff_model(view) not in (None, "pickle"):
-                self.scan_source(Source(view, self.path), member, depth + 1)
+            elif sniff_model(view) not in (None, "pickle"):
+                if depth >= _MAX_DEPTH:  # never skip a model member silently
+                    self.add("unreadable", "archive nested too deeply: not scanned",
+                             member=member)
+                else:
+                    self.scan_source(Source(view, self.path), member, depth + 1)
 
     def _compressed(self, kind: str, source: Source, prefix, depth: int) -> str | None:
         if depth >= _MAX_DEPTH:  # inflating it would be for nothing: never skip it silently

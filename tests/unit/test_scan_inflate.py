@@ -284,6 +284,29 @@ def test_compressed_member_nested_too_deeply_is_reported(tmp_path):
     assert report.verdict != "clean"
 
 
+def test_model_member_of_a_tar_nested_too_deeply_is_reported(tmp_path):
+    import tarfile
+
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as archive:
+        archive.writestr("payload/data.pkl", OS_SYSTEM)
+    tar = io.BytesIO()
+    with tarfile.open(fileobj=tar, mode="w") as archive:
+        info = tarfile.TarInfo("inner.zip")
+        info.size = len(inner.getvalue())
+        archive.addfile(info, io.BytesIO(inner.getvalue()))
+    data = tar.getvalue()
+    for level in range(4):  # the tar ends up at the depth limit
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            archive.writestr(f"level{level}/{'inner.tar' if level == 0 else 'nested.zip'}", data)
+        data = buffer.getvalue()
+    report = report_of(write(tmp_path, "deep-tar.zip", data))
+    deep = [f for f in findings(report, "unreadable") if "nested too deeply" in f.message]
+    assert deep and deep[0].member.endswith("inner.zip")
+    assert report.verdict != "clean"
+
+
 # --- each Limits field is honoured ----------------------------------------------------
 
 
