@@ -556,16 +556,16 @@ class ScanBuilder(Builder):
     ``HostBuilder`` makes on storage records: the record exists, its size
     matches the declared element count, one key is not used with two layouts,
     tensor extents stay inside the storage. It looks at record *sizes* only,
-    never at tensor bytes. With ``fetch=None`` (salvage, TorchScript) there are
-    no records to check against."""
+    never at tensor bytes: ``size_of(key)`` is the size of record ``key``. With
+    ``size_of=None`` (salvage, TorchScript) there are no records to check against."""
 
     # The loader's own extent checks, shared rather than rewritten.
     check_extent = HostBuilder.check_extent
     check_qextent = HostBuilder.check_qextent
 
-    def __init__(self, fetch: Callable[[str], memoryview] | None = None, *,
+    def __init__(self, size_of: Callable[[str], int] | None = None, *,
                  file: str | None = None) -> None:
-        self.fetch = fetch
+        self.size_of = size_of
         self.file = file
         self.refs: dict[str, StorageRef] = {}
 
@@ -574,20 +574,20 @@ class ScanBuilder(Builder):
         if first is not None:
             check_same_storage(first, ref)
             return first
-        if self.fetch is not None:
-            size = len(self.fetch(ref.key))  # a bounded view: no tensor byte is read
+        if self.size_of is not None:
+            size = self.size_of(ref.key)  # the record's size: no tensor byte is read
             if size != ref.nbytes:
                 raise_size_mismatch(ref, size, self.file)
         self.refs[ref.key] = ref
         return ref
 
     def tensor(self, rec: TensorRecord) -> object:
-        if self.fetch is not None:
+        if self.size_of is not None:
             self.check_extent(rec, rec.storage_ref.nbytes)
         return rec
 
     def qtensor(self, rec: TensorRecord, scheme: str, **params) -> object:
-        if self.fetch is not None:
+        if self.size_of is not None:
             self.check_qextent(rec, rec.storage_ref.nbytes)
         return super().qtensor(rec, scheme, **params)
 
@@ -861,7 +861,7 @@ class _FileScanner:
         """The loader's own run of the checkpoint's pickles, in analysis mode;
         the error that stopped it, or None when it got to the end."""
         analysis = self._analysis()
-        builder = ScanBuilder(ckpt.storage, file=ckpt.source.name)
+        builder = ScanBuilder(ckpt.storage_size, file=ckpt.source.name)
         before = len(self.report.findings)
         failure = result = None
         try:
@@ -1517,7 +1517,7 @@ def inspect_file(path, *, policy: Policy | None = None, allow=None, records=None
         scanner.report.format = ckpt.kind
         analysis = scanner._analysis()
         try:
-            value = run_pickle(ckpt, ScanBuilder(ckpt.storage, file=path), policy=analysis,
+            value = run_pickle(ckpt, ScanBuilder(ckpt.storage_size, file=path), policy=analysis,
                                limits=limits, on_finding=scanner._on_refusal(analysis, None))
         except SafeloadError as err:
             scanner.add_error(err, None)

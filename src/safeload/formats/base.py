@@ -91,6 +91,11 @@ class Checkpoint:
             file=self.source.name,
         )
 
+    def storage_size(self, key: str) -> int:
+        """Bytes in storage record ``key`` (what a scan checks), without a view
+        where the container knows it; the same errors as ``storage``."""
+        return len(self.storage(key))
+
     def persistent_id(self, pid):
         """Map this container's persistent id onto torch's standard 5-tuple (or a
         ``PersistentView`` / ``PersistentTensor`` / ``PersistentObject``).

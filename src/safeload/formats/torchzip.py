@@ -21,6 +21,9 @@ class ZipCheckpoint(Checkpoint):
     def storage(self, key: str) -> memoryview:
         return self.archive.storage(key)
 
+    def storage_size(self, key: str) -> int:
+        return self.archive.storage_size(key)
+
 
 def open_zip_checkpoint(source: Source, *, limits: Limits = DEFAULT_LIMITS) -> ZipCheckpoint:
     archive = open_torch_zip(source, limits=limits)

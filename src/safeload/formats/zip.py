@@ -251,6 +251,16 @@ class TorchZip:
     def storage(self, key: str) -> memoryview:
         """The bytes of storage record ``data/<key>``: zero-copy (a view of the
         file's buffer or mmap) and not CRC-checked, since storages can be huge."""
+        span = self._storage_span(key)
+        return self.source.view(span[1], span[2], member=span[0])
+
+    def storage_size(self, key: str) -> int:
+        """``len(self.storage(key))`` without making the view (the scanner
+        checks sizes once per tensor); the record was checked to lie inside
+        the file when the archive was opened."""
+        return self._storage_span(key)[2]
+
+    def _storage_span(self, key: str) -> tuple:
         span = None
         # Called once per tensor storage: ASCII letters and digits (torch's
         # keys) pass without the regex, which decides everything else.
@@ -261,7 +271,7 @@ class TorchZip:
         if span is None:
             _fail(self.source, f"storage record 'data/{key}' is missing",
                   member=f"{self.prefix}/data/{key}")
-        return self.source.view(span[1], span[2], member=span[0])
+        return span
 
     def __repr__(self) -> str:
         return (
