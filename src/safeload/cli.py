@@ -239,6 +239,26 @@ def _configuration(args) -> tuple[dict, list[str]] | int:
     return config, allow
 
 
+def _limits(config: dict, options: list[str]):
+    """safeload's default Limits with [tool.safeload] limits, then --limit
+    NAME=VALUE, applied; None when nothing changes; an exit code on error."""
+    from dataclasses import replace
+
+    from .config import parse_limit
+    from .limits import DEFAULT_LIMITS
+
+    changes = dict(config.get("limits") or {})
+    for option in options:
+        name, sep, value = option.partition("=")
+        if not sep:
+            return _error(f"--limit takes NAME=VALUE, got {option!r}")
+        try:
+            changes[name.strip()] = parse_limit(name.strip(), value)
+        except ValueError as exc:
+            return _error(f"--limit: {exc}")
+    return replace(DEFAULT_LIMITS, **changes) if changes else None
+
+
 def cmd_scan(args) -> int:
     from .scan import scan
 
@@ -249,6 +269,9 @@ def cmd_scan(args) -> int:
     fail_on = args.fail_on or config.get("fail_on") or "unsafe"
     if fail_on not in FAIL_ON:
         return _error(f"--fail-on must be one of {', '.join(FAIL_ON)}")
+    limits = _limits(config, args.limit or [])
+    if isinstance(limits, int):
+        return limits
     missing = [p for p in args.paths if not os.path.lexists(p)]
     if missing:
         return _error(f"no such file or directory: {', '.join(missing)}")
@@ -256,7 +279,8 @@ def cmd_scan(args) -> int:
     progress = Progress(sys.stderr, enabled=args.format == "text")
     try:
         report = scan(args.paths, allow=allow or None, records=config.get("records") or None,
-                      explain=args.explain, jobs=max(1, args.jobs), progress=progress)
+                      limits=limits, explain=args.explain, jobs=max(1, args.jobs),
+                      progress=progress)
     except ValueError as exc:  # a name that may never be allowed
         progress.finish()
         return _error(str(exc))
@@ -362,6 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="scan with N worker processes")
     scan.add_argument("-q", "--quiet", action="store_true",
                       help="text output: leave out clean and skipped files")
+    scan.add_argument("--limit", action="append", metavar="NAME=VALUE",
+                      help="set one safeload.Limits bound, e.g. max_inflate_ratio=1000 or "
+                           "min_inflate_budget=256MiB (repeatable; overrides limits in "
+                           "[tool.safeload]); a limit-exceeded finding names the one to set")
     _add_policy_options(scan)
     scan.set_defaults(func=cmd_scan)
 

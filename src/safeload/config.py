@@ -33,7 +33,8 @@ __all__ = ["DEFAULTS", "ConfigError", "find_config", "load_config", "policy_from
            "snippet_for"]
 
 #: what load_config returns when no file configures safeload
-DEFAULTS: dict = {"allow": [], "records": False, "fail_on": "unsafe", "path": None}
+DEFAULTS: dict = {"allow": [], "records": False, "fail_on": "unsafe", "limits": {},
+                  "path": None}
 FAIL_ON = ("dangerous", "unsafe")
 _GLOBAL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+\Z")
 
@@ -98,10 +99,10 @@ def load_config(start_dir: str | os.PathLike = ".") -> dict:
     if path is None:
         return {**DEFAULTS, "allow": []}
     table = _read_table(path) or {}
-    unknown = sorted(set(table) - {"allow", "records", "fail_on"})
+    unknown = sorted(set(table) - {"allow", "records", "fail_on", "limits"})
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) in tool.safeload: {', '.join(unknown)} "
-                          "(known: allow, records, fail_on)")
+                          "(known: allow, records, fail_on, limits)")
     allow = _names(table.get("allow", []), "allow", path)
     for name in allow:
         if not _GLOBAL.match(name):
@@ -122,7 +123,51 @@ def load_config(start_dir: str | os.PathLike = ".") -> dict:
     if fail_on not in FAIL_ON:
         raise ConfigError(f"{path}: tool.safeload.fail_on must be one of "
                           f"{', '.join(FAIL_ON)}, got {fail_on!r}")
-    return {"allow": allow, "records": records, "fail_on": fail_on, "path": str(path)}
+    limits = table.get("limits", {})
+    if not isinstance(limits, dict):
+        raise ConfigError(f"{path}: tool.safeload.limits must be a table of bounds, "
+                          "e.g. limits = {max_inflate_ratio = 1000}")
+    try:
+        limits = {name: parse_limit(name, value) for name, value in limits.items()}
+    except ValueError as exc:
+        raise ConfigError(f"{path}: tool.safeload.limits: {exc}") from None
+    return {"allow": allow, "records": records, "fail_on": fail_on, "limits": limits,
+            "path": str(path)}
+
+
+_UNITS = {"": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20,
+          "g": 1 << 30, "gib": 1 << 30}
+
+
+def parse_limit(name: str, value) -> int:
+    """One ``Limits`` bound from configuration or ``--limit NAME=VALUE``: a
+    non-negative int, or a string of one with an optional binary unit
+    ("64MiB", "2G"). ValueError names what is wrong.
+
+    >>> parse_limit("max_inflate_ratio", "1000"), parse_limit("max_bytes", "3GiB")
+    (1000, 3221225472)
+    """
+    from dataclasses import fields
+
+    from .limits import Limits
+
+    known = [f.name for f in fields(Limits)]
+    if name not in known:
+        raise ValueError(f"unknown limit {name!r} (known: {', '.join(known)})")
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    if isinstance(value, str):
+        match = _LIMIT_VALUE.fullmatch(value.strip().replace("_", ""))
+        if match is None or match.group(2).lower() not in _UNITS:
+            raise ValueError(f"{name} must be a whole number, optionally with a unit "
+                             f"(KiB, MiB, GiB), got {value!r}")
+        value = int(match.group(1)) * _UNITS[match.group(2).lower()]
+    if value < 0:
+        raise ValueError(f"{name} must not be negative, got {value}")
+    return value
+
+
+_LIMIT_VALUE = re.compile(r"([0-9]+)\s*([A-Za-z]*)")
 
 
 def policy_from_config(config: dict) -> Policy:

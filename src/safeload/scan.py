@@ -1036,7 +1036,8 @@ class _FileScanner:
                      f"{result.consumed} of {len(view)}; the rest was not scanned",
                      member=member, offset=offset,
                      hint=f"The budget is set by Limits.{bound} ({_BUDGET_RULE}). If the "
-                     f"file is trusted, scan it with a larger {bound}")
+                     f"file is trusted, scan it with a larger {bound} (safeload scan "
+                     f"--limit {bound}=N, or limits in [tool.safeload])")
         elif result.problem == "truncated":
             self.add("unreadable",
                      f"{kind} data ends before the end of its stream (stream "

@@ -270,6 +270,54 @@ def test_allow_on_the_command_line(files, capsys):
                capsys)[0] == 0
 
 
+def _gzip_bomb(path: Path, nbytes: int) -> Path:
+    import gzip
+
+    path.write_bytes(gzip.compress(bytes(nbytes), 9))  # ~1000:1, past the 200:1 default
+    return path
+
+
+def test_limit_option_sets_a_bound_that_the_finding_names(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no pyproject.toml above
+    bomb = _gzip_bomb(tmp_path / "zeros.gz", 8 << 20)
+    tight = ["--limit", "min_inflate_budget=1MiB"]
+    code, out, _ = run(["scan", *tight, bomb], capsys)
+    assert code == 2 and "limit-exceeded" in out and "--limit max_inflate_ratio=N" in out
+    # the bound it names, raised: inflated to the end (zeros are no model file)
+    code, out, _ = run(["scan", *tight, "--limit", "max_inflate_ratio=2_000", bomb], capsys)
+    assert code == 0 and "limit-exceeded" not in out
+    # and the default floor alone (64 MiB) covers these 8 MiB
+    assert run(["scan", bomb], capsys)[0] == 0
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    ("max_ops", "NAME=VALUE"),
+    ("max_opps=10", "unknown limit 'max_opps'"),
+    ("max_ops=-1", "whole number"),
+    ("max_ops=ten", "whole number"),
+    ("max_ops=3 parsecs", "whole number"),
+])
+def test_bad_limit_options_are_usage_errors(files, capsys, option, message):
+    code, _, err = run(["scan", "--no-config", "--limit", option, files["clean.pt"]], capsys)
+    assert code == 2 and message in err
+
+
+def test_pyproject_limits_table_and_the_command_line_over_it(tmp_path, capsys, monkeypatch):
+    bomb = _gzip_bomb(tmp_path / "zeros.gz", 8 << 20)
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.safeload]\nlimits = {min_inflate_budget = "1MiB"}\n')
+    monkeypatch.chdir(tmp_path)
+    assert run(["scan", bomb], capsys)[0] == 2
+    assert run(["scan", "--limit", "min_inflate_budget=16MiB", bomb], capsys)[0] == 0
+    assert run(["scan", "--no-config", bomb], capsys)[0] == 0
+    (tmp_path / "pyproject.toml").write_text('[tool.safeload]\nlimits = {max_nodes = 3}\n')
+    code, _, err = run(["scan", bomb], capsys)
+    assert code == 2 and "unknown limit 'max_nodes'" in err
+    (tmp_path / "pyproject.toml").write_text('[tool.safeload]\nlimits = 3\n')
+    code, _, err = run(["scan", bomb], capsys)
+    assert code == 2 and "must be a table" in err
+
+
 # --- inspect -------------------------------------------------------------------------
 
 
