@@ -885,6 +885,10 @@ class Policy:
             return _record_call(self.records, vm, func, args, kwargs, opname)
         trusted = self._trusted_by_id.get(id(func))
         if trusted is not None and trusted is func:
+            # the caller's code gets storages as the load returns them, never
+            # safeload's internal LoadedStorage
+            args = _public(vm, args)
+            kwargs = _public(vm, kwargs) if kwargs else kwargs
             if opname in ("NEWOBJ", "NEWOBJ_EX"):
                 return func.__new__(func, *args, **(kwargs or {}))
             return func(*args)
@@ -909,7 +913,7 @@ class Policy:
         if isinstance(target, np.dtype):
             return _build_dtype(vm, target, state)
         if t in self._trusted_types:
-            return _pickle_build(target, state)
+            return _pickle_build(target, _public(vm, state))
         if t is Record and self.records is not None:
             return _build_record(vm, target, state)
         from .unpickler import Opaque
@@ -936,6 +940,15 @@ class Policy:
             type(obj) in self._trusted_types) or (
             type(obj) is Record and self.records is not None  # hashed by identity
         )
+
+
+def _public(vm, value):
+    """``value`` with each LoadedStorage in it (through lists, dicts, tuples and
+    records) replaced by what the load returns for a bare storage: what objects
+    admitted with ``allow=`` receive, as torch.load would hand them storages."""
+    from .loader import bare_storages
+
+    return bare_storages(value, vm.builder)
 
 
 def _pickle_build(target, state) -> None:

@@ -247,3 +247,45 @@ def test_a_legacy_storage_view_saved_by_itself_is_a_slice_of_its_root():
         view = ckpt.structure["low"]
         assert type(view) is StorageView and (view.offset, view.numel) == (2, 6)
         assert view.storage.key == "10" and view.nbytes == 24
+
+
+# --- objects admitted with allow= get storages as the load returns them ----------------
+
+
+class Holder:
+    """A caller's class, admitted with ``allow=``: pickled as a call with the
+    storage in its arguments and in its state."""
+
+    def __init__(self, storage, extra):
+        self.storage = storage
+        self.extra = extra
+
+    def __reduce__(self):
+        return (Holder, (self.storage, {"again": [self.storage]}), {"state": (self.storage,)})
+
+
+_HOLDER = f"{Holder.__module__}.{Holder.__qualname__}"
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_objects_admitted_with_allow_receive_public_storages(tmp_path, fmt):
+    tensor = torch.arange(6, dtype=torch.float32)
+    path = tmp_path / "holder.pt"
+    with warnings.catch_warnings():  # TypedStorage is deprecated; torch's legacy
+        warnings.simplefilter("ignore")  # reader cannot read an UntypedStorage here
+        torch.save(Holder(tensor.storage(), None), path,
+                   _use_new_zipfile_serialization=fmt == "zip")
+    expected = torch.load(path, weights_only=False)  # the oracle: torch runs the class
+
+    got = st.load(path, allow={_HOLDER: Holder})
+    assert type(got) is Holder
+    for value, oracle in [(got.storage, expected.storage),
+                          (got.extra["again"][0], expected.extra["again"][0]),
+                          (got.state[0], expected.state[0])]:
+        assert type(value) is type(oracle) and value.dtype == oracle.dtype
+        assert bytes(value.cpu().untyped()) == bytes(oracle.cpu().untyped())
+
+    arrays = safeload.load(path, allow={_HOLDER: Holder})
+    for value in (arrays.storage, arrays.extra["again"][0], arrays.state[0]):
+        assert type(value) is np.ndarray and value.dtype == np.float32
+        assert value.tobytes() == tensor.numpy().tobytes()
