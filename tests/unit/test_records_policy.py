@@ -502,7 +502,8 @@ def test_config_is_read_from_the_nearest_pyproject_with_the_table(tmp_path):
     (sub.parent / "pyproject.toml").write_text("[project]\nname = 'inner'\n")  # no table
     config = load_config(sub)
     assert config == {"allow": ["mypkg.Config"], "records": ["transformers.*"],
-                      "fail_on": "dangerous", "path": str(tmp_path / "pyproject.toml")}
+                      "fail_on": "dangerous", "limits": {},
+                      "path": str(tmp_path / "pyproject.toml")}
     from safeload.config import policy_from_config
 
     assert policy_from_config(config).records.names() == ["transformers.*"]
@@ -510,7 +511,7 @@ def test_config_is_read_from_the_nearest_pyproject_with_the_table(tmp_path):
 
 def test_config_defaults_without_a_table(tmp_path):
     assert load_config(tmp_path) == {"allow": [], "records": False, "fail_on": "unsafe",
-                                     "path": None}
+                                     "limits": {}, "path": None}
 
 
 @pytest.mark.parametrize("table, message", [
