@@ -536,7 +536,10 @@ def _complex(vm, args, kwargs=None):
         _fail("complex(): a number too large for a float")
 
 
-def _slice(vm, args):
+def _slice(vm, args, kwargs=None):
+    # NEWOBJ too: slice.__new__(slice, *args) is slice(*args); it takes no keywords
+    if kwargs:
+        _fail("slice() takes no keyword arguments")
     _arity(args, 1, 3, "slice")
     if not all(a is None or type(a) is int for a in args):
         _fail("slice() takes ints or None")
@@ -760,7 +763,7 @@ def _default_handlers() -> dict[str, Handler]:
     add("builtins.bytearray", reduce=_bytearray, new=_new_empty(bytearray))
     add("builtins.bytes", reduce=_bytes, new=_bytes)
     add("builtins.complex", reduce=_complex, new=_complex)
-    add("builtins.slice", reduce=_slice)
+    add("builtins.slice", reduce=_slice, new=_slice)
     add("_codecs.encode", reduce=_encode)
 
     table["numpy.ndarray"] = _NDARRAY

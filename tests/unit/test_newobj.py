@@ -87,6 +87,13 @@ _CASES = [
     ("builtins", "complex", (), {"x": 1}),  # TypeError: unexpected keyword
     ("builtins", "complex", (1, None), None),  # TypeError: not a number
     ("builtins", "complex", (2**2000,), None),  # OverflowError
+    ("builtins", "slice", (1, 5), None),
+    ("builtins", "slice", (None, 3, -1), None),
+    ("builtins", "slice", (7,), None),
+    ("builtins", "slice", (1,), {}),
+    ("builtins", "slice", (), None),  # TypeError: at least 1 argument
+    ("builtins", "slice", (1, 2, 3, 4), None),  # TypeError: at most 3 arguments
+    ("builtins", "slice", (1,), {"stop": 2}),  # TypeError: no keywords
     ("numpy", "dtype", ("f4",), None),
     ("numpy", "dtype", ("<i8", False, True), None),
     ("numpy", "dtype", (">f8",), {"align": True}),
@@ -112,6 +119,7 @@ _NARROWER = [
     ("builtins", "bytes", ([1, 2],), None),  # an iterable of ints
     ("builtins", "complex", (1j, 1j), None),  # only int, float and bool parts
     ("builtins", "complex", ("1+2j",), None),  # text
+    ("builtins", "slice", ("a", [1]), None),  # only ints and None
     ("numpy", "dtype", ("O",), None),  # object arrays hold pickles
     ("numpy", "dtype", ("f4", False, False, {}), None),  # metadata
 ]
