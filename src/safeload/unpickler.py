@@ -82,6 +82,16 @@ def _fast_run():
     return _vmfast.run
 
 
+def _too_many_ops(max_ops: int) -> LimitError:
+    return LimitError(f"pickle runs more than {max_ops} opcodes",
+                      hint="raise Limits.max_ops if the file is trusted")
+
+
+def _stack_too_deep(max_stack: int) -> LimitError:
+    return LimitError(f"the stack holds more than {max_stack} values",
+                      hint="raise Limits.max_stack if the file is trusted")
+
+
 #: read at every run, so tests can switch it: ``monkeypatch.setattr(unpickler,
 #: "FAST_RUN", None)`` runs the pure-Python VM
 FAST_RUN = _fast_run()
@@ -219,18 +229,12 @@ class Unpickler:
                         pos = dispatch[data[pos]](pos + 1)
                         ops += 1
                         if ops > max_ops:
-                            raise LimitError(
-                                f"pickle runs more than {max_ops} opcodes",
-                                hint="raise Limits.max_ops if the file is trusted",
-                            )
+                            raise _too_many_ops(max_ops)
                         if ops == next_check:
                             next_check += 1024
                             until = min(next_check - 1, max_ops)
                             if self._held() > max_stack:
-                                raise LimitError(
-                                    f"the stack holds more than {max_stack} values",
-                                    hint="raise Limits.max_stack if the file is trusted",
-                                )
+                                raise _stack_too_deep(max_stack)
                 if len(data) - pos <= min(max_ops, self.limits.max_stack):
                     # Every opcode consumes at least its own byte and leaves
                     # at most one more value on the stack (or one more MARK),
@@ -249,17 +253,11 @@ class Unpickler:
                     pos = dispatch[data[pos]](pos + 1)
                     ops += 1
                     if ops > max_ops:
-                        raise LimitError(
-                            f"pickle runs more than {max_ops} opcodes",
-                            hint="raise Limits.max_ops if the file is trusted",
-                        )
+                        raise _too_many_ops(max_ops)
                     if not ops & 1023 and self._held() > max_stack:
                         # checked every 1024 opcodes: the stack can overshoot
                         # the bound by at most that many values
-                        raise LimitError(
-                            f"the stack holds more than {max_stack} values",
-                            hint="raise Limits.max_stack if the file is trusted",
-                        )
+                        raise _stack_too_deep(max_stack)
             except _Stop:
                 pos = start + 1
         except SafeloadError as err:
