@@ -166,7 +166,8 @@ run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     int rc;
 
 /* the opcode's argument is n bytes at p: or leave the opcode to Python */
-#define need(n) do { if ((Py_ssize_t)(n) > len - p) goto done; } while (0)
+/* compared as size_t: a 4-byte length never wraps negative (32-bit builds) */
+#define need(n) do { if ((size_t)(n) > (size_t)(len - p)) goto done; } while (0)
 #define CHECK(expr) do { rc = (expr); if (rc < 0) goto error; if (rc == 0) goto done; } while (0)
 
     while (ops < budget && pos < len) {
@@ -228,7 +229,7 @@ run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             need(size);
             /* code points <= bytes: a string within the bound in bytes is
                within it; a longer one goes to Python, which counts */
-            if ((Py_ssize_t)size > max_bytes)
+            if (size > (size_t)max_bytes)
                 goto done;
             PyObject *s = utf8(buf + p, (Py_ssize_t)size);
             if (s == NULL) {
