@@ -12,6 +12,12 @@ a ``SafeloadError`` located by file, member, byte offset and opcode.
 The VM never builds a tensor: tensor and storage handlers return records that
 a ``Builder`` (rebuild stage) turns into arrays, tensors or keeps inert.
 
+Where it is built, ``_vmfast.run`` (C) runs stretches of the hot pure-data
+opcodes (memo, MARK, TUPLE*, ints, floats, strings, empty and exact builtin
+containers) on this VM's own stack, metastack and memo, and returns at the
+first opcode it is not sure of, unrun: everything that decides, refuses or
+raises stays in the handlers below (``FAST_RUN``; SECURITY.md).
+
 In analysis mode (``on_finding`` given), the VM does not stop at a global or
 call outside the allowlist: it reports it, pushes an ``Opaque`` placeholder and
 goes on, so a scanner sees every finding. Structural errors still stop it.
