@@ -82,10 +82,10 @@ class Source:
             if not isinstance(data, (bytes, bytearray)):
                 raise TypeError("the file object must be opened in binary mode")
             return cls(data, name)
-        buffer = _new_buffer(size)
+        fd = _plain_fd(fh) if size >= PARALLEL_FROM and _THREADS > 1 else None
+        buffer = _new_buffer(size, parallel=fd is not None)
         view = memoryview(buffer)
         got = 0
-        fd = _plain_fd(fh) if size >= PARALLEL_FROM and _THREADS > 1 else None
         if fd is not None:
             got = _read_parallel(fd, view, start, size)
             fh.seek(start + got)  # where one read would have left it
@@ -133,7 +133,7 @@ class Source:
 _POPULATE_FROM = 1 << 24
 #: files at least this large are read by several threads at once (_read_parallel)
 PARALLEL_FROM = 1 << 26
-#: each thread's share starts on a huge-page boundary
+#: each thread's share starts on a 2 MiB boundary
 _ALIGN = 2 << 20
 _THREADS = min(4, os.cpu_count() or 1) if hasattr(os, "preadv") else 1
 
@@ -151,8 +151,9 @@ def _plain_fd(fh) -> int | None:
 
 def _read_parallel(fd: int, view: memoryview, start: int, size: int) -> int:
     """Fill ``view`` with the file's bytes ``[start, start+size)``, a share per
-    thread (``os.preadv`` releases the GIL: on two cores a 1 GiB file from the
-    page cache is read in ~90 ms instead of ~160). Returns how many bytes from
+    thread (``os.preadv`` releases the GIL, and each thread takes the page
+    faults of its own share: on two cores a 1 GiB file from the page cache is
+    read into fresh memory in ~300 ms instead of ~440). Returns how many bytes from
     the start were read without a gap: a file that shrank meanwhile gives a
     shorter buffer, as one read would."""
     import threading
@@ -193,29 +194,28 @@ def _read_parallel(fd: int, view: memoryview, start: int, size: int) -> int:
     return got
 
 
-def _new_buffer(size: int):
+def _new_buffer(size: int, *, parallel: bool = False):
     """A writable, zeroed buffer of ``size`` bytes for the one read.
 
-    A large one is a private anonymous mapping made with MAP_POPULATE: the
-    kernel maps every page in one call, where ``bytearray(size)`` takes one
-    page fault per 4 KiB and then zero-fills in user space, before the read
-    copies the file over it (1 GiB on a 2-core VM: ~350 ms before the read
-    instead of ~570; benchmarks/run.py measures the whole load). Either way
-    the memory is private to this load and freed with the last array over it.
+    A large one is a private anonymous mapping. For a read by one thread it is
+    made with MAP_POPULATE: the kernel maps every page in one call, where
+    ``bytearray(size)`` takes one page fault per 4 KiB and then zero-fills in
+    user space (1 GiB on a 2-core VM: ~350 ms before the read instead of
+    ~570). For a parallel read it is left unpopulated: each thread faults in
+    its own share as it reads, so the faults run in parallel too (1 GiB,
+    allocation and read: ~300 ms instead of ~440). Transparent huge pages
+    (MADV_HUGEPAGE) were measured and are not used: on this VM, memory the
+    process has not touched before costs more as huge pages (fresh 1 GiB:
+    460-1300 ms), though memory it just freed is cheaper (~115 ms).
+    Either way the memory is private to this load and freed with the last
+    array over it.
     """
-    if size >= _POPULATE_FROM and _huge_pages():
-        # Transparent huge pages on request: one fault per 2 MiB instead of
-        # per 4 KiB (1 GiB read: ~160 ms instead of ~390 with MAP_POPULATE).
+    if size >= _POPULATE_FROM and hasattr(_mmap, "MAP_ANONYMOUS"):
+        flags = _mmap.MAP_PRIVATE | _mmap.MAP_ANONYMOUS
+        if not parallel:
+            flags |= getattr(_mmap, "MAP_POPULATE", 0)  # Linux only
         try:
-            buffer = _mmap.mmap(-1, size, flags=_mmap.MAP_PRIVATE | _mmap.MAP_ANONYMOUS)
-            buffer.madvise(_mmap.MADV_HUGEPAGE)
-            return buffer
-        except (OSError, ValueError):
-            pass
-    populate = getattr(_mmap, "MAP_POPULATE", 0)  # Linux only
-    if size >= _POPULATE_FROM and populate:
-        try:
-            return _mmap.mmap(-1, size, flags=_mmap.MAP_PRIVATE | _mmap.MAP_ANONYMOUS | populate)
+            return _mmap.mmap(-1, size, flags=flags)
         except (OSError, ValueError):
             pass  # no mapping to be had: the plain buffer below
     return bytearray(size)
@@ -226,21 +226,3 @@ def _seekable(fh) -> bool:
         return bool(fh.seekable())
     except (AttributeError, OSError, ValueError):
         return False
-
-
-_THP: list[bool] = []
-
-
-def _huge_pages() -> bool:
-    """Whether madvise(MADV_HUGEPAGE) gets huge pages here (Linux, THP not
-    disabled); read once."""
-    if not _THP:
-        mode = ""
-        if hasattr(_mmap, "MADV_HUGEPAGE"):
-            try:
-                with open("/sys/kernel/mm/transparent_hugepage/enabled") as fh:
-                    mode = fh.read()
-            except OSError:
-                pass
-        _THP.append("[always]" in mode or "[madvise]" in mode)
-    return _THP[0]
