@@ -58,7 +58,7 @@ u4(const unsigned char *p)
 static int
 arg_size(PyObject *o, Py_ssize_t *out)
 {
-    /* a bound from Limits: past Py_ssize_t is "no bound", below 0 is 0 */
+    /* an offset or budget: past Py_ssize_t is "no bound", below 0 is 0 */
     int overflow = 0;
     if (!PyLong_Check(o)) {
         PyErr_SetString(PyExc_TypeError, "run(): bounds and offsets are ints");
@@ -73,6 +73,22 @@ arg_size(PyObject *o, Py_ssize_t *out)
         *out = 0;
     else
         *out = (Py_ssize_t)v;
+    return 0;
+}
+
+static int
+arg_bound(PyObject *o, Py_ssize_t *out)
+{
+    /* a bound from Limits: past Py_ssize_t is "no bound". A negative bound
+       refuses even an empty value (0 > -1), which the checks below, written
+       for bounds >= 0, would let through: the caller runs Python instead */
+    if (arg_size(o, out) < 0)
+        return -1;
+    if (*out == 0 && PyObject_RichCompareBool(o, Py_False, Py_LT) != 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "run(): negative bound");
+        return -1;
+    }
     return 0;
 }
 
@@ -154,8 +170,8 @@ run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     if (arg_size(args[1], &pos) < 0 || arg_size(args[5], &budget) < 0
-        || arg_size(args[6], &max_memo) < 0 || arg_size(args[7], &max_nesting) < 0
-        || arg_size(args[8], &max_items) < 0 || arg_size(args[9], &max_bytes) < 0)
+        || arg_bound(args[6], &max_memo) < 0 || arg_bound(args[7], &max_nesting) < 0
+        || arg_bound(args[8], &max_items) < 0 || arg_bound(args[9], &max_bytes) < 0)
         return NULL;
 
     const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(data);

@@ -208,7 +208,11 @@ class Unpickler:
         max_ops = self.limits.max_ops
         fast = FAST_RUN
         bounds = (self._max_memo, self._max_nesting, self._max_items, self._max_bytes)
-        if fast is not None and not all(type(b) is int for b in bounds):
+        # Limits does not check its fields: a bound that is not an int (a float,
+        # a numpy int, inf) or is negative (which refuses even an empty value)
+        # runs the Python loop only, which compares it as it is
+        if fast is not None and not all(type(b) is int and b >= 0
+                                        for b in (*bounds, max_ops)):
             fast = None
         try:
             try:

@@ -234,6 +234,27 @@ def test_each_failure_is_raised_by_the_python_vm(body):
     assert_same(_P + body)
 
 
+@pytest.mark.parametrize(
+    "body,limits",
+    [
+        # a bound that is not an int: the opcode count is compared, not passed to C
+        (op("NONE") + op("STOP"), {"max_ops": 100.0}),
+        (op("NONE") * 3 + op("POP") * 2 + op("STOP"), {"max_ops": 2.5}),
+        (op("NONE") + op("STOP"), {"max_ops": np.int64(100)}),
+        (op("NONE") + op("STOP"), {"max_ops": float("inf")}),
+        # a negative bound refuses even the empty value (0 > -1)
+        (op("SHORT_BINUNICODE", "") + op("STOP"), {"max_bytes": -1}),
+        (op("BINUNICODE", "") + op("STOP"), {"max_bytes": -1}),
+        (op("MARK") + op("TUPLE") + op("STOP"), {"max_container_items": -1}),
+        (op("EMPTY_LIST") + op("MARK") + op("APPENDS") + op("STOP"), {"max_container_items": -1}),
+        (op("MARK") + op("STOP"), {"max_nesting": -1}),
+        (op("NONE") + op("MEMOIZE") + op("STOP"), {"max_memo": -1}),
+    ],
+)
+def test_any_limits_value_gives_the_same_outcome(body, limits):
+    assert_same(_P + body, limits=safeload.Limits(**limits))
+
+
 def test_an_ordered_dict_target_goes_to_the_python_handler():
     data = (_P + b"ccollections\nOrderedDict\n" + op("EMPTY_TUPLE") + op("REDUCE")
             + op("MARK") + op("SHORT_BINUNICODE", "a") + op("NONE") + op("SETITEMS")
@@ -261,6 +282,9 @@ def test_run_refuses_wrong_argument_types():
         (b"N.", 0, [], [], OrderedDict(), 10, 1, 1, 1, 1),
         (b"N.", 0.0, [], [], {}, 10, 1, 1, 1, 1),
         (b"N.", -1, [], [], {}, 10, 1, 1, 1, 1),
+        (b"N.", 0, [], [], {}, 10, 1, 1, 1, -1),  # a negative bound: Python decides
+        (b"N.", 0, [], [], {}, 10, 1, 1, -(2**80), 1),
+        (b"N.", 0, [], [], {}, 10, 1.0, 1, 1, 1),
     ]:
         with pytest.raises((TypeError, ValueError)):
             FAST(*args)
