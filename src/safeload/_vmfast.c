@@ -22,8 +22,9 @@
  *   bound goes back to Python, which decides);
  * - it runs at most `budget` opcodes per call, so the Python loop's opcode and
  *   stack bounds are checked exactly as often as without it;
- * - a failed allocation propagates as MemoryError, which the Python loop turns
- *   into a LimitError.
+ * - a failed allocation comes back as the MemoryError with the offset of the
+ *   opcode that failed (and the stack it was changing), which the Python loop
+ *   raises there: the LimitError its own handler's failure would have been.
  * SAFELOAD_PURE_PYTHON=1 disables it; the test suites run both ways.
  */
 
@@ -143,12 +144,36 @@ utf8(const unsigned char *p, Py_ssize_t n)
     return s;
 }
 
+/* the exception being raised, taken out of the thread state (a new reference),
+   or NULL when that fails too */
+static PyObject *
+take_error(void)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (value != NULL && tb != NULL)
+        PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    PyErr_Clear();
+    return value;
+#endif
+}
+
 /* run(data, pos, stack, metastack, memo, budget,
- *     max_memo, max_nesting, max_items, max_bytes) -> (pos, ops, stack)
+ *     max_memo, max_nesting, max_items, max_bytes) -> (pos, ops, stack, error)
  *
  * Runs at most `budget` opcodes from `pos`. Returns the offset of the first
- * opcode not run, the number run, and the current stack (a MARK or TUPLE
- * replaces it, as the Python VM's self.stack).
+ * opcode not run, the number run, the current stack (a MARK or TUPLE
+ * replaces it, as the Python VM's self.stack) and None. If an opcode fails
+ * while it runs (an allocation: MemoryError), error is that exception and
+ * pos that opcode's offset, so the caller raises it located there, as its own
+ * handler would have; the opcode may be half done (the run is over). Only if
+ * even this tuple cannot be made does run() raise.
  */
 static PyObject *
 run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -179,6 +204,7 @@ run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *stack = args[2];
     Py_INCREF(stack);
     Py_ssize_t ops = 0;
+    PyObject *failed = NULL;  /* the exception an opcode raised while it ran */
     int rc;
 
 /* the opcode's argument is n bytes at p: or leave the opcode to Python */
@@ -407,23 +433,44 @@ run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
 done:
     {
-        PyObject *result = PyTuple_New(3);
+        PyObject *result = PyTuple_New(4);
         PyObject *at = PyLong_FromSsize_t(pos), *count = PyLong_FromSsize_t(ops);
         if (result == NULL || at == NULL || count == NULL) {
             Py_XDECREF(result);
             Py_XDECREF(at);
             Py_XDECREF(count);
             Py_DECREF(stack);
+            if (failed != NULL) {  /* raise the opcode's own error */
+                PyErr_Clear();
+#if PY_VERSION_HEX >= 0x030C0000
+                PyErr_SetRaisedException(failed);
+#else
+                PyErr_SetObject((PyObject *)Py_TYPE(failed), failed);
+                Py_DECREF(failed);
+#endif
+            }
             return NULL;
+        }
+        if (failed == NULL) {
+            failed = Py_None;
+            Py_INCREF(failed);
         }
         PyTuple_SET_ITEM(result, 0, at);
         PyTuple_SET_ITEM(result, 1, count);
         PyTuple_SET_ITEM(result, 2, stack);  /* steals */
+        PyTuple_SET_ITEM(result, 3, failed);  /* steals */
         return result;
     }
 error:
-    Py_DECREF(stack);
-    return NULL;
+    /* the opcode at pos failed part way: hand its exception back with pos */
+    failed = take_error();
+    if (failed == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_SystemError, "_vmfast.run: an error vanished");
+        Py_DECREF(stack);
+        return NULL;
+    }
+    goto done;
 #undef need
 #undef CHECK
 }
@@ -443,5 +490,13 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__vmfast(void)
 {
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    /* what run() returns: 2 = (pos, ops, stack, error). unpickler.py uses
+       only the version it was written for, so a stale build of an older
+       file (an editable install not rebuilt) leaves the Python loop alone */
+    if (m != NULL && PyModule_AddIntConstant(m, "API", 2) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -76,14 +76,21 @@ __all__ = ["Opaque", "Unpickler"]
 _UINT4 = struct.Struct("<I").unpack_from  # LONG_BINPUT's index, read inline
 
 
+#: the version of ``_vmfast.run``'s interface this loop calls (``API`` there)
+_FAST_API = 2
+
+
 def _fast_run():
     """The compiled loop of the hot pure-data opcodes (``_vmfast.c``), or None:
-    not built on this machine, or SAFELOAD_PURE_PYTHON=1 is set."""
+    not built on this machine, built from another version of the file (an
+    editable install not rebuilt), or SAFELOAD_PURE_PYTHON=1 is set."""
     if os.environ.get("SAFELOAD_PURE_PYTHON", "") not in ("", "0"):
         return None
     try:
         from . import _vmfast
     except ImportError:
+        return None
+    if getattr(_vmfast, "API", None) != _FAST_API:
         return None
     return _vmfast.run
 
@@ -230,12 +237,16 @@ class Unpickler:
                     until = min(next_check - 1, max_ops)  # the compiled loop runs up to it
                     while True:
                         start = pos
-                        pos, done, self.stack = fast(
+                        pos, done, self.stack, failed = fast(
                             data, pos, self.stack, metastack, memo, until - ops,
                             max_memo, max_nesting, max_items, max_bytes,
                         )
                         ops += done
                         start = pos
+                        if failed is not None:
+                            # an opcode it ran failed (out of memory): located
+                            # at that opcode, as its handler's error would be
+                            raise failed
                         pos = dispatch[data[pos]](pos + 1)
                         ops += 1
                         if ops > max_ops:

@@ -271,6 +271,41 @@ def test_a_real_state_dict_gives_the_same_arrays():
     assert_same(data)
 
 
+def test_an_allocation_failure_in_the_compiled_loop_is_located_at_its_opcode(monkeypatch):
+    # The Python loop locates "out of memory" at the opcode whose handler ran
+    # out; the compiled loop must report which of the opcodes it ran failed.
+    testcapi = pytest.importorskip("_testcapi")
+    if not hasattr(testcapi, "set_nomemory"):
+        pytest.skip("no _testcapi.set_nomemory here")
+    data = _P + op("NONE") * 3 + op("BINUNICODE", "x" * 300) + op("TUPLE2") + op("STOP")
+
+    def failing(data, pos, stack, metastack, memo, budget, *bounds):
+        # three opcodes run as usual, then the next allocation fails: the
+        # 300-letter str of BINUNICODE (offset 5), not the stretch's first opcode
+        first = FAST(data, pos, stack, metastack, memo, min(3, budget), *bounds)
+        if first[1] < 3:
+            return first
+        # made first: nothing allocates between the hooks but FAST
+        args = (data, first[0], first[2], metastack, memo, budget - 3, *bounds)
+        testcapi.set_nomemory(0, 1)
+        try:
+            second = FAST(*args)
+        finally:
+            testcapi.remove_mem_hooks()
+        return (second[0], first[1] + second[1], *second[2:])
+
+    def out_of_memory(self, pos):
+        raise MemoryError
+
+    fast = _load(data, failing)
+    with monkeypatch.context() as m:
+        m.setattr(unpickler.Unpickler, "_op_BINUNICODE", out_of_memory)
+        pure = _load(data, None)
+    assert fast[0] == pure[0] == "refused"
+    assert str(fast[1]) == str(pure[1]) and vars(fast[1]) == vars(pure[1])
+    assert fast[1].location.offset == 5
+
+
 # --- the entry point itself ---------------------------------------------------------------
 
 
@@ -292,8 +327,8 @@ def test_run_refuses_wrong_argument_types():
 
 def test_run_stops_at_the_first_opcode_it_does_not_run():
     stack: list = []
-    pos, done, new = FAST(b"NNK\x05c", 0, stack, [], {}, 100, 10, 10, 10, 10)
-    assert (pos, done, new) == (4, 3, [None, None, 5]) and new is stack
+    pos, done, new, failed = FAST(b"NNK\x05c", 0, stack, [], {}, 100, 10, 10, 10, 10)
+    assert (pos, done, new, failed) == (4, 3, [None, None, 5], None) and new is stack
     # the budget: two opcodes, then back
     assert FAST(b"NNN", 0, [], [], {}, 2, 10, 10, 10, 10)[:2] == (2, 2)
     # past the end, or at it: nothing run

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import sysconfig
+import types
 
 import pytest
 
+import safeload
 from safeload import unpickler
 
 
@@ -20,8 +23,18 @@ def test_the_compiled_loop_is_built_where_a_compiler_is():
     if shutil.which(compiler) is None:
         pytest.skip(f"no C compiler ({compiler}) here: the pure-Python VM runs")
     assert unpickler.FAST_RUN is not None, (
-        "safeload._vmfast did not build: reinstall with `pip install -e .` and read "
-        "the build log")
+        "safeload._vmfast did not build, or was built from an older _vmfast.c: "
+        "reinstall with `pip install -e .` and read the build log")
+
+
+def test_a_build_of_another_interface_is_not_used(monkeypatch):
+    stale = types.ModuleType("safeload._vmfast")
+    stale.run = lambda *args: (args[1], 0, args[2])  # the 3-tuple of API 1
+    monkeypatch.setitem(sys.modules, "safeload._vmfast", stale)
+    monkeypatch.setattr(safeload, "_vmfast", stale, raising=False)
+    assert unpickler._fast_run() is None
+    stale.API = unpickler._FAST_API
+    assert unpickler._fast_run() is stale.run
 
 
 def test_safeload_pure_python_turns_it_off(monkeypatch):
