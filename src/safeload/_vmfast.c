@@ -343,38 +343,59 @@ run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             if (!PyList_CheckExact(below))  /* only stacks are pushed there */
                 goto done;
             Py_ssize_t m = PyList_GET_SIZE(below);
+            PyObject *target = NULL;
             if (buf[pos] == OP_SETITEMS) {
                 if (n % 2 || m == 0 || !PyDict_CheckExact(PyList_GET_ITEM(below, m - 1)))
                     goto done;
                 for (Py_ssize_t i = 0; i < n; i += 2)
                     if (!PyUnicode_CheckExact(PyList_GET_ITEM(stack, i)))
                         goto done;
-                PyObject *target = PyList_GET_ITEM(below, m - 1);
-                for (Py_ssize_t i = 0; i < n; i += 2)
-                    if (PyDict_SetItem(target, PyList_GET_ITEM(stack, i),
-                                       PyList_GET_ITEM(stack, i + 1)) < 0)
-                        goto error;
+                target = PyList_GET_ITEM(below, m - 1);
             } else if (buf[pos] == OP_APPENDS) {
                 if (m == 0 || !PyList_CheckExact(PyList_GET_ITEM(below, m - 1)))
                     goto done;
-                PyObject *target = PyList_GET_ITEM(below, m - 1);
-                if (PyList_SetSlice(target, PyList_GET_SIZE(target),
-                                    PyList_GET_SIZE(target), stack) < 0)
-                    goto error;
-            } else {
-                PyObject *tuple = PyList_AsTuple(stack);
-                if (tuple == NULL)
-                    goto error;
-                if (push(below, tuple) < 0)
-                    goto error;
+                target = PyList_GET_ITEM(below, m - 1);
             }
+            /* sure to succeed: pop the MARK first, as _pop_mark does, so that
+               a failure below leaves the Python handler's state. From here
+               on, Python code may run (the __del__ of a dict value SETITEMS
+               replaces, or of an items' value dropped at the end): every
+               object used is held by a reference of this function's own */
             Py_INCREF(below);
             if (PyList_SetSlice(metastack, depth - 1, depth, NULL) < 0) {
                 Py_DECREF(below);
                 goto error;
             }
-            Py_DECREF(stack);
+            PyObject *items = stack;
             stack = below;
+            rc = 0;
+            Py_XINCREF(target);
+            if (buf[pos] == OP_SETITEMS) {
+                /* the size and key types again at each pair: a __del__ run by
+                   the previous pair may have changed the items */
+                for (Py_ssize_t i = 0; i + 1 < PyList_GET_SIZE(items); i += 2) {
+                    PyObject *key = PyList_GET_ITEM(items, i);
+                    if (!PyUnicode_CheckExact(key)) {
+                        PyErr_SetString(PyExc_RuntimeError,
+                                        "SETITEMS: its items changed while it ran");
+                        rc = -1;
+                        break;
+                    }
+                    if (PyDict_SetItem(target, key, PyList_GET_ITEM(items, i + 1)) < 0) {
+                        rc = -1;
+                        break;
+                    }
+                }
+            } else if (buf[pos] == OP_APPENDS) {
+                rc = PyList_SetSlice(target, PyList_GET_SIZE(target),
+                                     PyList_GET_SIZE(target), items);
+            } else {
+                rc = push(stack, PyList_AsTuple(items));
+            }
+            Py_XDECREF(target);
+            Py_DECREF(items);
+            if (rc < 0)
+                goto error;
             break;
         }
         case OP_SETITEM: {
@@ -384,8 +405,14 @@ run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             PyObject *key = PyList_GET_ITEM(stack, n - 2);
             if (!PyDict_CheckExact(target) || !PyUnicode_CheckExact(key))
                 goto done;
-            if (PyDict_SetItem(target, key, PyList_GET_ITEM(stack, n - 1)) < 0)
+            /* held: the replaced value's __del__ may change the stack */
+            Py_INCREF(target);
+            rc = PyDict_SetItem(target, key, PyList_GET_ITEM(stack, n - 1));
+            Py_DECREF(target);
+            if (rc < 0)
                 goto error;
+            /* the key and value: the stack's last two, unless that __del__
+               changed it (a slice past the end deletes less, never more) */
             if (PyList_SetSlice(stack, n - 2, n, NULL) < 0)
                 goto error;
             break;

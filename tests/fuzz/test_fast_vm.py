@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import struct
+import sys
 from collections import OrderedDict
 
 import numpy as np
@@ -269,6 +270,36 @@ def test_a_real_state_dict_gives_the_same_arrays():
         parts += [op("BINUNICODE", f"layer{i}.weight"), op("BINFLOAT", i / 7)]
     data = b"".join(parts) + op("SETITEMS") + op("STOP")
     assert_same(data)
+
+
+class _Meddler:
+    """An allowed class whose __del__ empties the VM's stacks: Python code that
+    a dict value's last reference, dropped by SETITEM(S) or a memo PUT, runs in
+    the middle of an opcode (the compiled loop's too)."""
+
+    def __del__(self):
+        frame = sys._getframe(1)
+        while frame is not None:
+            vm = frame.f_locals.get("self")
+            if isinstance(vm, unpickler.Unpickler):
+                vm.stack.clear()
+                vm.metastack.clear()
+                return
+            frame = frame.f_back
+
+
+@pytest.mark.parametrize("more", [1, 40])
+def test_python_code_run_by_a_dropped_value_leaves_no_dangling_reference(more):
+    # d["a"] = _Meddler(); then SETITEMS d["a"] = None drops it: its __del__
+    # empties the stack d was on, so only the running opcode still holds d,
+    # and SETITEMS goes on inserting into it
+    meddler = _P + b"c" + __name__.encode() + b"\n_Meddler\n" + op("EMPTY_TUPLE") + op("REDUCE")
+    items = b"".join(op("SHORT_BINUNICODE", f"k{i}") + op("NONE") for i in range(more))
+    data = (_P + op("EMPTY_DICT") + op("SHORT_BINUNICODE", "a") + meddler[2:] + op("SETITEM")
+            + op("MARK") + op("SHORT_BINUNICODE", "a") + op("NONE") + items + op("SETITEMS")
+            + op("STOP"))
+    for _ in range(20):
+        assert_same(data, allow={f"{__name__}._Meddler": _Meddler})
 
 
 def test_an_allocation_failure_in_the_compiled_loop_is_located_at_its_opcode(monkeypatch):
