@@ -16,8 +16,13 @@
  * - every read of the pickle is bounds-checked against its length before it
  *   happens (need());
  * - only exact list / dict / tuple / str / int / float objects are made or
- *   changed, through C-API calls that never run Python code (dict keys here
- *   are ints and exact strs, whose hash and compare are builtin);
+ *   changed, and the keys it hashes are ints and exact strs, whose hash and
+ *   compare are builtin. Python code runs only where the Python handler of
+ *   the same opcode runs it too: the __del__ of a value whose last reference
+ *   an opcode drops (a dict value or memo entry replaced, the items of a MARK
+ *   freed), or the __eq__ of a key already in a target dict whose hash equals
+ *   a new str key's. Across those calls every object used is held by a
+ *   reference of run()'s own, and lengths are read again after them;
  * - limits are checked before the change, conservatively (a value at the
  *   bound goes back to Python, which decides);
  * - it runs at most `budget` opcodes per call, so the Python loop's opcode and
