@@ -85,21 +85,11 @@ class Source:
         fd = _plain_fd(fh) if size >= PARALLEL_FROM and _THREADS > 1 else None
         buffer = _new_buffer(size, parallel=fd is not None)
         view = memoryview(buffer)
-        got = 0
         if fd is not None:
             got = _read_parallel(fd, view, start, size)
             fh.seek(start + got)  # where one read would have left it
-        while fd is None and got < size:
-            n = fh.readinto(view[got:]) if hasattr(fh, "readinto") else None
-            if n is None:
-                chunk = fh.read(size - got)
-                if not isinstance(chunk, (bytes, bytearray)):
-                    raise TypeError("the file object must be opened in binary mode")
-                n = len(chunk)
-                view[got : got + n] = chunk
-            if not n:
-                break
-            got += n
+        else:
+            got = _read_serial(fh, view, size)
         if got != size:
             del view
             buffer = buffer[:got]
@@ -147,6 +137,24 @@ def _plain_fd(fh) -> int | None:
         return fh.fileno()
     except (OSError, ValueError, io.UnsupportedOperation):
         return None
+
+
+def _read_serial(fh, view: memoryview, size: int) -> int:
+    """Fill ``view`` from ``fh``'s position with its own reads; how many bytes
+    it gave before its end."""
+    got = 0
+    while got < size:
+        n = fh.readinto(view[got:]) if hasattr(fh, "readinto") else None
+        if n is None:
+            chunk = fh.read(size - got)
+            if not isinstance(chunk, (bytes, bytearray)):
+                raise TypeError("the file object must be opened in binary mode")
+            n = len(chunk)
+            view[got : got + n] = chunk
+        if not n:
+            break
+        got += n
+    return got
 
 
 def _read_parallel(fd: int, view: memoryview, start: int, size: int) -> int:
