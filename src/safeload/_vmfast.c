@@ -250,17 +250,14 @@ run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             break;
         }
         case OP_NONE:
-            if (PyList_Append(stack, Py_None) < 0)
-                goto error;
-            break;
         case OP_NEWTRUE:
-            if (PyList_Append(stack, Py_True) < 0)
+        case OP_NEWFALSE: {
+            PyObject *constant = buf[pos] == OP_NONE ? Py_None
+                                 : buf[pos] == OP_NEWTRUE ? Py_True : Py_False;
+            if (PyList_Append(stack, constant) < 0)
                 goto error;
             break;
-        case OP_NEWFALSE:
-            if (PyList_Append(stack, Py_False) < 0)
-                goto error;
-            break;
+        }
         case OP_SHORT_BINUNICODE:
         case OP_BINUNICODE: {
             size_t size;
@@ -290,17 +287,14 @@ run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             break;
         }
         case OP_EMPTY_TUPLE:
-            if (push(stack, PyTuple_New(0)) < 0)
-                goto error;
-            break;
         case OP_EMPTY_LIST:
-            if (push(stack, PyList_New(0)) < 0)
+        case OP_EMPTY_DICT: {
+            PyObject *empty = buf[pos] == OP_EMPTY_TUPLE ? PyTuple_New(0)
+                              : buf[pos] == OP_EMPTY_LIST ? PyList_New(0) : PyDict_New();
+            if (push(stack, empty) < 0)
                 goto error;
             break;
-        case OP_EMPTY_DICT:
-            if (push(stack, PyDict_New()) < 0)
-                goto error;
-            break;
+        }
         case OP_TUPLE1:
         case OP_TUPLE2:
         case OP_TUPLE3: {
