@@ -3,33 +3,45 @@
  * Strategy: run() executes opcodes of one pickle on the Python VM's own
  * state (its stack list, metastack list and memo dict) for as long as every
  * opcode is one of a fixed set of pure-data opcodes *and* is sure to succeed.
- * At the first opcode that is anything else -- a global, a call, a persistent
- * id, STOP, an unknown byte -- or that would fail or touch a bound (argument
- * past the end, memo key never stored, memo / nesting / item / length limit
- * reached, invalid UTF-8, too few values, a container that is not the exact
- * builtin type), it returns *without executing that opcode*, and the Python
- * VM runs it with its own handler and its own error message. So this file
- * never decides a verdict and never raises a SafeloadError: it only does, faster,
- * what the Python handlers of the same opcodes would do on the happy path.
+ * At the first opcode that is anything else -- a global, STOP, an unknown
+ * byte -- or that would fail or touch a bound (argument past the end, memo
+ * key never stored, memo / nesting / item / length limit reached, invalid
+ * UTF-8, too few values, a container that is not the exact builtin type), it
+ * returns *without executing that opcode*, and the Python VM runs it with its
+ * own handler and its own error message. Two opcodes that run Python code
+ * anyway, a persistent id and a call of an allowlist entry (three per tensor
+ * of a state dict), it runs by calling that same Python code itself, which
+ * decides everything about them. So this file never decides a verdict and
+ * never raises a SafeloadError: it only does, faster, what the Python
+ * handlers of the same opcodes would do on the happy path.
  *
  * Security argument, in full:
  * - every read of the pickle is bounds-checked against its length before it
  *   happens (need());
- * - only exact list / dict / tuple / str / int / float objects are made or
- *   changed, and the keys it hashes are ints and exact strs, whose hash and
- *   compare are builtin. Python code runs only where the Python handler of
- *   the same opcode runs it too: the __del__ of a value whose last reference
- *   an opcode drops (a dict value or memo entry replaced, the items of a MARK
- *   freed), or the __eq__ of a key already in a target dict whose hash equals
- *   a new str key's. Across those calls every object used is held by a
- *   reference of run()'s own, and lengths are read again after them;
+ * - only exact list / dict / OrderedDict / tuple / str / int / float objects
+ *   are made or changed, and the keys it hashes are ints and exact strs,
+ *   whose hash and compare are builtin. Python code runs only where the
+ *   Python handler of the same opcode runs it too: the __del__ of a value
+ *   whose last reference an opcode drops (a dict value or memo entry
+ *   replaced, the items of a MARK freed), the __eq__ of a key already in a
+ *   target dict whose hash equals a new str key's, and the two calls below.
+ *   Across those calls every object used is held by a reference of run()'s
+ *   own, and lengths are read again after them;
+ * - BINPERSID calls the VM's persistent_load with the top of the stack, and
+ *   REDUCE on an allowlist entry (`handler_type`, exactly) calls the entry's
+ *   reduce(vm, args) -- what the policy's call does for one; the caller
+ *   passes handler_type only when the policy's call is exactly that. Anything
+ *   else about them (an empty stack, arguments not a tuple, an entry that may
+ *   not be called, a trusted or refused callable) goes to Python. Before each
+ *   call vm.op_offset and vm.stack are set as the Python dispatch sets them,
+ *   and after it vm.stack is read again as the Python loop reads it;
  * - limits are checked before the change, conservatively (a value at the
  *   bound goes back to Python, which decides);
  * - it runs at most `budget` opcodes per call, so the Python loop's opcode and
  *   stack bounds are checked exactly as often as without it;
- * - a failed allocation comes back as the MemoryError with the offset of the
- *   opcode that failed (and the stack it was changing), which the Python loop
- *   raises there: the LimitError its own handler's failure would have been.
+ * - a failed allocation, or any exception a called handler raises, comes back
+ *   with the offset of the opcode that failed (and the stack it was
+ *   changing), which the Python loop raises there, as its own dispatch would.
  * SAFELOAD_PURE_PYTHON=1 disables it; the test suites run both ways.
  */
 
@@ -52,7 +64,11 @@ enum {
     OP_SETITEM = 's', OP_SETITEMS = 'u', OP_TUPLE = 't', OP_EMPTY_TUPLE = ')',
     OP_EMPTY_DICT = '}', OP_TUPLE1 = 0x85, OP_TUPLE2 = 0x86, OP_TUPLE3 = 0x87,
     OP_NEWTRUE = 0x88, OP_NEWFALSE = 0x89, OP_BINFLOAT = 'G',
+    OP_BINPERSID = 'Q', OP_REDUCE = 'R',
 };
+
+/* attribute names, interned once at import */
+static PyObject *s_op_offset, *s_stack, *s_reduce;
 
 static uint32_t
 u4(const unsigned char *p)
@@ -138,6 +154,70 @@ memo_get(PyObject *memo, PyObject *stack, size_t index)
     return PyList_Append(stack, value) < 0 ? -1 : 1;
 }
 
+/* a dict SETITEM(S) may fill here: an exact dict or OrderedDict (a state
+   dict), whose item assignment is builtin */
+#define IS_MAPPING(o) (PyDict_CheckExact(o) || PyODict_CheckExact(o))
+
+static int
+set_item(PyObject *target, PyObject *key, PyObject *value)
+{
+    /* key and value held: the replaced value's __del__ may run in the middle
+       (OrderedDict still uses the key after the dict's part is done) */
+    Py_INCREF(key);
+    Py_INCREF(value);
+    int rc = PyDict_CheckExact(target) ? PyDict_SetItem(target, key, value)
+                                       : PyObject_SetItem(target, key, value);
+    Py_DECREF(key);
+    Py_DECREF(value);
+    return rc;
+}
+
+/* stack[-1] = value, as the handler's `stack[-1] = ...` does (an empty
+   stack is its IndexError); steals value */
+static int
+set_top(PyObject *stack, PyObject *value)
+{
+    Py_ssize_t n = PyList_GET_SIZE(stack);
+    if (n == 0) {
+        Py_DECREF(value);
+        PyErr_SetString(PyExc_IndexError, "list assignment index out of range");
+        return -1;
+    }
+    return PyList_SetItem(stack, n - 1, value);  /* the old top may run __del__ */
+}
+
+/* Before a call into a Python handler: the VM's state as its dispatch leaves
+   it for the handler (vm.op_offset = the opcode's offset; vm.stack = the
+   stack this loop works on, which a MARK may have replaced since the call) */
+static int
+expose(PyObject *vm, PyObject *stack, Py_ssize_t pos)
+{
+    PyObject *at = PyLong_FromSsize_t(pos);
+    if (at == NULL)
+        return -1;
+    int rc = PyObject_SetAttr(vm, s_op_offset, at);
+    Py_DECREF(at);
+    return rc < 0 ? -1 : PyObject_SetAttr(vm, s_stack, stack);
+}
+
+/* After it: the Python loop takes vm.stack afresh for the next opcode. If the
+   handler replaced it (none does), so does this loop: *stack becomes that
+   one and 0 says "stop after this opcode" (it may not even be a list);
+   1 = go on, -1 = error */
+static int
+adopt(PyObject *vm, PyObject **stack)
+{
+    PyObject *now = PyObject_GetAttr(vm, s_stack);
+    if (now == NULL)
+        return -1;
+    if (now == *stack) {
+        Py_DECREF(now);
+        return 1;
+    }
+    Py_SETREF(*stack, now);
+    return 0;
+}
+
 /* a str from UTF-8 (surrogatepass, as pickle writes); NULL with no error set
    means: invalid, leave it to Python */
 static PyObject *
@@ -170,28 +250,43 @@ take_error(void)
 }
 
 /* run(data, pos, stack, metastack, memo, budget,
- *     max_memo, max_nesting, max_items, max_bytes) -> (pos, ops, stack, error)
+ *     max_memo, max_nesting, max_items, max_bytes,
+ *     vm, persistent_load, handler_type) -> (pos, ops, stack, error)
  *
  * Runs at most `budget` opcodes from `pos`. Returns the offset of the first
  * opcode not run, the number run, the current stack (a MARK or TUPLE
  * replaces it, as the Python VM's self.stack) and None. If an opcode fails
- * while it runs (an allocation: MemoryError), error is that exception and
- * pos that opcode's offset, so the caller raises it located there, as its own
- * handler would have; the opcode may be half done (the run is over). Only if
- * even this tuple cannot be made does run() raise.
+ * while it runs (an allocation: MemoryError, or whatever a handler it called
+ * raised), error is that exception and pos that opcode's offset, so the
+ * caller raises it located there, as its own handler would have; the opcode
+ * may be half done (the run is over). Only if even this tuple cannot be made
+ * does run() raise.
+ *
+ * Two opcodes are run by calling the Python VM's own handler code, which
+ * decides everything about them; only the dispatch to it is saved:
+ * BINPERSID calls persistent_load(stack[-1]) (None: left to Python), and
+ * REDUCE on a `handler_type` object (an allowlist entry; None: left to
+ * Python) with a tuple of arguments calls its .reduce(vm, args), which is
+ * what the policy's call does for one (the caller passes handler_type only
+ * for a policy whose call is exactly that). Before each, vm.op_offset and
+ * vm.stack are set as the Python dispatch leaves them.
  */
 static PyObject *
 run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 10) {
-        PyErr_SetString(PyExc_TypeError, "run() takes 10 arguments");
+    if (nargs != 13) {
+        PyErr_SetString(PyExc_TypeError, "run() takes 13 arguments");
         return NULL;
     }
     PyObject *data = args[0], *metastack = args[3], *memo = args[4];
+    PyObject *vm = args[10], *persist = args[11], *handler_type = args[12];
     if (!PyBytes_CheckExact(data) || !PyList_CheckExact(args[2])
-        || !PyList_CheckExact(metastack) || !PyDict_CheckExact(memo)) {
+        || !PyList_CheckExact(metastack) || !PyDict_CheckExact(memo)
+        || (persist != Py_None && !PyCallable_Check(persist))
+        || (handler_type != Py_None && !PyType_Check(handler_type))) {
         PyErr_SetString(PyExc_TypeError,
-                        "run(bytes, int, list, list, dict, int, ...)");
+                        "run(bytes, int, list, list, dict, int, int, int, int, int, "
+                        "vm, callable or None, type or None)");
         return NULL;
     }
     Py_ssize_t pos, budget, max_memo, max_nesting, max_items, max_bytes;
@@ -344,7 +439,7 @@ run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             Py_ssize_t m = PyList_GET_SIZE(below);
             PyObject *target = NULL;
             if (buf[pos] == OP_SETITEMS) {
-                if (n % 2 || m == 0 || !PyDict_CheckExact(PyList_GET_ITEM(below, m - 1)))
+                if (n % 2 || m == 0 || !IS_MAPPING(PyList_GET_ITEM(below, m - 1)))
                     goto done;
                 for (Py_ssize_t i = 0; i < n; i += 2)
                     if (!PyUnicode_CheckExact(PyList_GET_ITEM(stack, i)))
@@ -380,7 +475,7 @@ run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                         rc = -1;
                         break;
                     }
-                    if (PyDict_SetItem(target, key, PyList_GET_ITEM(items, i + 1)) < 0) {
+                    if (set_item(target, key, PyList_GET_ITEM(items, i + 1)) < 0) {
                         rc = -1;
                         break;
                     }
@@ -402,11 +497,11 @@ run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 goto done;
             PyObject *target = PyList_GET_ITEM(stack, n - 3);
             PyObject *key = PyList_GET_ITEM(stack, n - 2);
-            if (!PyDict_CheckExact(target) || !PyUnicode_CheckExact(key))
+            if (!IS_MAPPING(target) || !PyUnicode_CheckExact(key))
                 goto done;
             /* held: the replaced value's __del__ may change the stack */
             Py_INCREF(target);
-            rc = PyDict_SetItem(target, key, PyList_GET_ITEM(stack, n - 1));
+            rc = set_item(target, key, PyList_GET_ITEM(stack, n - 1));
             Py_DECREF(target);
             if (rc < 0)
                 goto error;
@@ -451,11 +546,67 @@ run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         case OP_MEMOIZE:
             CHECK(memo_put(memo, stack, (size_t)PyDict_GET_SIZE(memo), max_memo));
             break;
+        case OP_BINPERSID: {
+            /* its handler: stack[-1] = persistent_load(stack[-1]) */
+            if (persist == Py_None || n < 1)
+                goto done;
+            PyObject *pid = PyList_GET_ITEM(stack, n - 1);
+            PyObject *value = NULL;
+            Py_INCREF(pid);
+            if (expose(vm, stack, pos) == 0)
+                value = PyObject_CallOneArg(persist, pid);
+            Py_DECREF(pid);
+            if (value == NULL || set_top(stack, value) < 0)
+                goto error;
+            goto called;
+        }
+        case OP_REDUCE: {
+            /* its handler pops the arguments, then stack[-1] = the policy's
+               call, which for an allowlist entry is entry.reduce(vm, args).
+               Anything else -- arguments not a tuple, a trusted callable, a
+               record, a refusal, an entry that may not be called, a policy
+               that wraps its call -- goes to Python */
+            if (handler_type == Py_None || n < 2)
+                goto done;
+            PyObject *fargs = PyList_GET_ITEM(stack, n - 1);
+            PyObject *func = PyList_GET_ITEM(stack, n - 2);
+            if (!PyTuple_CheckExact(fargs) || (PyObject *)Py_TYPE(func) != handler_type)
+                goto done;
+            PyObject *reduce = PyObject_GetAttr(func, s_reduce);
+            if (reduce == NULL)
+                goto error;
+            if (reduce == Py_None) {
+                Py_DECREF(reduce);
+                goto done;
+            }
+            PyObject *value = NULL;
+            Py_INCREF(fargs);
+            if (PyList_SetSlice(stack, n - 1, n, NULL) == 0
+                && expose(vm, stack, pos) == 0) {
+                PyObject *call_args[2] = {vm, fargs};
+                value = PyObject_Vectorcall(reduce, call_args, 2, NULL);
+            }
+            Py_DECREF(fargs);
+            Py_DECREF(reduce);
+            if (value == NULL || set_top(stack, value) < 0)
+                goto error;
+            goto called;
+        }
         default:
             goto done;
         }
         pos = p;
         ops++;
+        continue;
+called:
+        /* after a handler, the Python loop reads vm.stack afresh: so does this */
+        rc = adopt(vm, &stack);
+        if (rc < 0)
+            goto error;
+        pos = p;
+        ops++;
+        if (rc == 0)
+            goto done;
     }
 done:
     {
@@ -517,10 +668,22 @@ PyMODINIT_FUNC
 PyInit__vmfast(void)
 {
     PyObject *m = PyModule_Create(&module);
-    /* what run() returns: 2 = (pos, ops, stack, error). unpickler.py uses
-       only the version it was written for, so a stale build of an older
-       file (an editable install not rebuilt) leaves the Python loop alone */
-    if (m != NULL && PyModule_AddIntConstant(m, "API", 2) < 0) {
+    if (m == NULL)
+        return NULL;
+    if (s_op_offset == NULL) {
+        s_op_offset = PyUnicode_InternFromString("op_offset");
+        s_stack = PyUnicode_InternFromString("stack");
+        s_reduce = PyUnicode_InternFromString("reduce");
+        if (s_op_offset == NULL || s_stack == NULL || s_reduce == NULL) {
+            Py_DECREF(m);
+            return NULL;
+        }
+    }
+    /* what run() takes and returns: 3 = 13 arguments, (pos, ops, stack,
+       error). unpickler.py uses only the version it was written for, so a
+       stale build of an older file (an editable install not rebuilt) leaves
+       the Python loop alone */
+    if (PyModule_AddIntConstant(m, "API", 3) < 0) {
         Py_DECREF(m);
         return NULL;
     }

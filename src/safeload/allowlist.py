@@ -875,6 +875,13 @@ class Policy:
                   f"import it yourself and pass allow={{'{full}': obj}} for this call"),
         )
 
+    def direct_reduce_type(self) -> type | None:
+        """``Handler`` if this policy's ``call`` is this class's: then REDUCE
+        on a Handler is exactly ``func.reduce(vm, args)`` (or the "may not be
+        called" refusal when that is None), and the compiled loop may make
+        that call itself. A subclass that overrides ``call`` gets None."""
+        return Handler if type(self).call is Policy.call else None
+
     def call(self, vm, func, args: tuple, kwargs: dict | None, opname: str):
         if type(func) is Handler:
             if opname in ("NEWOBJ", "NEWOBJ_EX"):

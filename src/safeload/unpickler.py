@@ -77,7 +77,7 @@ _UINT4 = struct.Struct("<I").unpack_from  # LONG_BINPUT's index, read inline
 
 
 #: the version of ``_vmfast.run``'s interface this loop calls (``API`` there)
-_FAST_API = 2
+_FAST_API = 3
 
 
 def _fast_run():
@@ -93,6 +93,20 @@ def _fast_run():
     if getattr(_vmfast, "API", None) != _FAST_API:
         return None
     return _vmfast.run
+
+
+def _direct_reduce_type(policy) -> type | None:
+    """The type of the allowlist entries whose REDUCE the compiled loop may
+    run by calling ``entry.reduce(vm, args)`` itself, or None. That is only
+    right where ``policy.call`` is a method that does exactly this for them:
+    its class says so with ``direct_reduce_type`` (looked up on the class, so
+    a wrapper that forwards attributes to a policy does not inherit it)."""
+    call = getattr(policy, "call", None)
+    owner = getattr(call, "__self__", None)
+    declare = getattr(type(owner), "direct_reduce_type", None)
+    if declare is None or getattr(call, "__func__", None) is not getattr(type(owner), "call", None):
+        return None
+    return declare(owner)
 
 
 def _too_many_ops(max_ops: int) -> LimitError:
@@ -184,6 +198,9 @@ class Unpickler:
         self._max_nesting = limits.max_nesting
         self._max_bytes = limits.max_bytes
         self._max_items = limits.max_container_items
+        # for the compiled loop: the type of allowlist entries whose REDUCE
+        # it may call itself (see _direct_reduce_type), and persistent_load
+        self._direct_type = _direct_reduce_type(policy)
         self._dispatch: list = [self._op_unknown] * 256
         for op in OPCODES:
             self._dispatch[op.code] = getattr(self, "_op_" + op.name)
@@ -233,6 +250,7 @@ class Unpickler:
                     metastack = self.metastack
                     memo = self.memo
                     max_memo, max_nesting, max_items, max_bytes = bounds
+                    persist, direct_type = self.persistent_load_fn, self._direct_type
                     next_check = 1024  # as below: the stack after every 1024th opcode
                     until = min(next_check - 1, max_ops)  # the compiled loop runs up to it
                     while True:
@@ -240,6 +258,7 @@ class Unpickler:
                         pos, done, self.stack, failed = fast(
                             data, pos, self.stack, metastack, memo, until - ops,
                             max_memo, max_nesting, max_items, max_bytes,
+                            self, persist, direct_type,
                         )
                         ops += done
                         start = pos

@@ -256,7 +256,7 @@ def test_any_limits_value_gives_the_same_outcome(body, limits):
     assert_same(_P + body, limits=safeload.Limits(**limits))
 
 
-def test_an_ordered_dict_target_goes_to_the_python_handler():
+def test_an_ordered_dict_target_gives_the_same_dict():
     data = (_P + b"ccollections\nOrderedDict\n" + op("EMPTY_TUPLE") + op("REDUCE")
             + op("MARK") + op("SHORT_BINUNICODE", "a") + op("NONE") + op("SETITEMS")
             + op("SHORT_BINUNICODE", "b") + op("NONE") + op("SETITEM") + op("STOP"))
@@ -310,14 +310,14 @@ def test_an_allocation_failure_in_the_compiled_loop_is_located_at_its_opcode(mon
         pytest.skip("no _testcapi.set_nomemory here")
     data = _P + op("NONE") * 3 + op("BINUNICODE", "x" * 300) + op("TUPLE2") + op("STOP")
 
-    def failing(data, pos, stack, metastack, memo, budget, *bounds):
+    def failing(data, pos, stack, metastack, memo, budget, *rest):
         # three opcodes run as usual, then the next allocation fails: the
         # 300-letter str of BINUNICODE (offset 5), not the stretch's first opcode
-        first = FAST(data, pos, stack, metastack, memo, min(3, budget), *bounds)
+        first = FAST(data, pos, stack, metastack, memo, min(3, budget), *rest)
         if first[1] < 3:
             return first
         # made first: nothing allocates between the hooks but FAST
-        args = (data, first[0], first[2], metastack, memo, budget - 3, *bounds)
+        args = (data, first[0], first[2], metastack, memo, budget - 3, *rest)
         testcapi.set_nomemory(0, 1)
         try:
             second = FAST(*args)
@@ -337,20 +337,177 @@ def test_an_allocation_failure_in_the_compiled_loop_is_located_at_its_opcode(mon
     assert fast[1].location.offset == 5
 
 
+# --- the two opcodes it runs by calling the Python handler's own code --------------------
+
+_PID = (op("MARK") + op("SHORT_BINUNICODE", "storage") + b"ctorch\nFloatStorage\n"
+        + op("SHORT_BINUNICODE", "0") + op("SHORT_BINUNICODE", "cpu") + op("BININT1", 4)
+        + op("TUPLE"))
+_V2 = b"ctorch._utils\n_rebuild_tensor_v2\n"
+_HOOKS = b"ccollections\nOrderedDict\n" + op("EMPTY_TUPLE") + op("REDUCE")
+
+
+_FALSE = op("NEWFALSE")
+
+
+def _tensor(shape=(4,), stride=(1,), offset=0, grad=_FALSE, hooks=_HOOKS) -> bytes:
+    def ints(xs):
+        return op("MARK") + b"".join(op("BININT1", x) for x in xs) + op("TUPLE")
+    return (_V2 + op("MARK") + _PID + op("BINPERSID") + op("BININT1", offset) + ints(shape)
+            + ints(stride) + grad + hooks + op("TUPLE") + op("REDUCE"))
+
+
+@pytest.mark.parametrize(
+    "body,in_zip",
+    [
+        (_tensor() + op("STOP"), True),
+        (op("EMPTY_DICT") + op("MARK") + b"".join(
+            op("SHORT_BINUNICODE", f"t{i}") + _tensor(offset=i % 4, shape=(4 - i % 4,))
+            for i in range(40)) + op("SETITEMS") + op("STOP"), True),
+        (_tensor(shape=(5,)) + op("STOP"), True),                  # past its storage
+        (_tensor(offset=200) + op("STOP"), True),
+        (_tensor(grad=op("NONE")) + op("STOP"), True),             # requires_grad not a bool
+        (_tensor(hooks=op("EMPTY_LIST")) + op("STOP"), True),      # hooks: not a dict
+        (_PID + op("BINPERSID") + op("STOP"), True),              # a bare storage
+        (_PID + op("BINPERSID") + op("STOP"), False),             # no storage records
+        (_PID.replace(b"\x8c\x010", b"\x8c\x019") + op("BINPERSID") + op("STOP"), True),
+        (_PID.replace(b"cpu", b"c/u") + op("BINPERSID") + op("STOP"), True),
+        (op("NONE") + op("BINPERSID") + op("STOP"), True),         # not a 5-tuple
+        (op("BINPERSID") + op("STOP"), True),                      # empty stack
+        (b"ctorch\nFloatStorage\n" + op("EMPTY_TUPLE") + op("REDUCE") + op("STOP"), False),
+        (b"ccollections\nOrderedDict\n" + op("NONE") + op("REDUCE") + op("STOP"), False),
+        (b"ccollections\nOrderedDict\n" + op("MARK") + op("BININT1", 1) + op("TUPLE")
+         + op("REDUCE") + op("STOP"), False),
+        (op("EMPTY_TUPLE") + op("REDUCE") + op("STOP"), False),    # one value only
+        (op("NONE") + op("EMPTY_TUPLE") + op("REDUCE") + op("STOP"), False),  # not callable
+        (b"cbuiltins\nset\n" + op("MARK") + op("EMPTY_LIST") + op("TUPLE")
+         + op("REDUCE") + op("STOP"), False),
+        (b"cos\nsystem\n" + op("MARK") + op("SHORT_BINUNICODE", "true") + op("TUPLE")
+         + op("REDUCE") + op("STOP"), False),
+    ],
+)
+def test_each_handler_call_gives_the_same_outcome(body, in_zip):
+    data = _P + body
+    assert_same(torch_zip(data, _STORAGES) if in_zip else data)
+
+
+@pytest.mark.parametrize("limits", [{"max_ops": n} for n in range(18, 34)]
+                         + [{"max_stack": 4}, {"max_nesting": 2}])
+def test_a_bound_reached_at_a_handler_call_is_decided_the_same(limits):
+    data = torch_zip(_P + _tensor() + op("STOP"), _STORAGES)
+    assert_same(data, limits=safeload.Limits(**limits))
+
+
+def test_scan_reports_are_the_same_both_ways(tmp_path):
+    from safeload.scan import scan_file
+
+    def report(path, fast, **kwargs):
+        saved = unpickler.FAST_RUN
+        unpickler.FAST_RUN = fast
+        try:
+            return scan_file(path, **kwargs).to_dict()
+        finally:
+            unpickler.FAST_RUN = saved
+
+    bad = (_P + op("EMPTY_DICT") + op("SHORT_BINUNICODE", "w") + _tensor() + op("SETITEM")
+           + op("SHORT_BINUNICODE", "x") + b"cos\nsystem\n" + op("MARK")
+           + op("SHORT_BINUNICODE", "true") + op("TUPLE") + op("REDUCE") + op("SETITEM")
+           + op("STOP"))
+    path = tmp_path / "x.pt"
+    path.write_bytes(torch_zip(bad, _STORAGES))
+    for kwargs in ({}, {"explain": True}):
+        got = report(path, FAST, **kwargs)
+        assert got["findings"] and got == report(path, None, **kwargs)
+
+
+def _recording(name: str, seen: list, *, replace_stack: bool = False):
+    """Wrap allowlist entry ``name``'s reduce: it notes what the VM shows it."""
+    from safeload import allowlist
+
+    entry = allowlist._DEFAULT_HANDLERS[name]
+    real = entry.reduce
+
+    def reduce(vm, args):
+        seen.append((vm.op_offset, list(vm.stack), args))
+        if replace_stack:
+            vm.stack = [*vm.stack, "swapped"]
+        return real(vm, args)
+
+    object.__setattr__(entry, "reduce", reduce)  # a frozen dataclass
+    return lambda: object.__setattr__(entry, "reduce", real)
+
+
+@pytest.mark.parametrize("replace_stack", [False, True])
+def test_a_handler_sees_the_same_vm_state_both_ways(replace_stack):
+    data = torch_zip(_P + op("EMPTY_LIST") + op("MARK") + _tensor() + _tensor(offset=1, shape=(3,))
+                     + op("APPENDS") + op("STOP"), _STORAGES)
+    runs = []
+    for fast in (FAST, None):
+        seen: list = []
+        restore = _recording("collections.OrderedDict", seen,
+                             replace_stack=replace_stack)
+        try:
+            outcome = _load(data, fast)
+        finally:
+            restore()
+        runs.append((seen, outcome))
+    (seen_fast, fast), (seen_pure, pure) = runs
+    # with the stack swapped, the next opcodes work on the new one: the
+    # second tensor's arguments are not where REDUCE looks (both ways)
+    assert len(seen_fast) == (1 if replace_stack else 2)
+    assert repr(seen_fast) == repr(seen_pure)
+    assert fast[0] == pure[0]
+    if fast[0] == "refused":
+        assert str(fast[1]) == str(pure[1])
+    else:
+        assert _same(fast[1], pure[1], {})
+
+
+def test_only_a_policy_whose_call_is_the_allowlists_gets_direct_calls():
+    from safeload.allowlist import DEFAULT_POLICY, Handler, Policy
+    from safeload.scan import _AnalysisPolicy
+
+    class Audited(Policy):
+        def call(self, vm, func, args, kwargs, opname):
+            return super().call(vm, func, args, kwargs, opname)
+
+    class Forwarding:
+        def __init__(self, base):
+            self.base = base
+
+        def __getattr__(self, name):
+            return getattr(self.base, name)
+
+    direct = unpickler._direct_reduce_type
+    assert direct(DEFAULT_POLICY) is Handler
+    assert direct(DEFAULT_POLICY.allowing({"x.y": dict})) is Handler
+    assert direct(Audited()) is None
+    assert direct(_AnalysisPolicy(DEFAULT_POLICY, trace=False)) is Handler  # call is base's
+    assert direct(_AnalysisPolicy(DEFAULT_POLICY, trace=True)) is None  # it wraps call
+    # forwarding everything, call included, is still the allowlist's call
+    assert direct(Forwarding(DEFAULT_POLICY)) is Handler
+    assert direct(object()) is None
+
+
 # --- the entry point itself ---------------------------------------------------------------
+
+
+_NO_CALLS = (None, None, None)  # vm, persistent_load, entry type: no handler is called
 
 
 def test_run_refuses_wrong_argument_types():
     for args in [
-        (b"N.", 0, [], [], {}, 10, 1, 1, 1),  # 9 arguments
-        (bytearray(b"N."), 0, [], [], {}, 10, 1, 1, 1, 1),
-        (b"N.", 0, (), [], {}, 10, 1, 1, 1, 1),
-        (b"N.", 0, [], [], OrderedDict(), 10, 1, 1, 1, 1),
-        (b"N.", 0.0, [], [], {}, 10, 1, 1, 1, 1),
-        (b"N.", -1, [], [], {}, 10, 1, 1, 1, 1),
-        (b"N.", 0, [], [], {}, 10, 1, 1, 1, -1),  # a negative bound: Python decides
-        (b"N.", 0, [], [], {}, 10, 1, 1, -(2**80), 1),
-        (b"N.", 0, [], [], {}, 10, 1.0, 1, 1, 1),
+        (b"N.", 0, [], [], {}, 10, 1, 1, 1, 1),  # 10 arguments
+        (b"N.", 0, [], [], {}, 10, 1, 1, 1, 1, None, None),
+        (bytearray(b"N."), 0, [], [], {}, 10, 1, 1, 1, 1, *_NO_CALLS),
+        (b"N.", 0, (), [], {}, 10, 1, 1, 1, 1, *_NO_CALLS),
+        (b"N.", 0, [], [], OrderedDict(), 10, 1, 1, 1, 1, *_NO_CALLS),
+        (b"N.", 0.0, [], [], {}, 10, 1, 1, 1, 1, *_NO_CALLS),
+        (b"N.", -1, [], [], {}, 10, 1, 1, 1, 1, *_NO_CALLS),
+        (b"N.", 0, [], [], {}, 10, 1, 1, 1, -1, *_NO_CALLS),  # a negative bound: Python decides
+        (b"N.", 0, [], [], {}, 10, 1, 1, -(2**80), 1, *_NO_CALLS),
+        (b"N.", 0, [], [], {}, 10, 1.0, 1, 1, 1, *_NO_CALLS),
+        (b"N.", 0, [], [], {}, 10, 1, 1, 1, 1, None, 5, None),  # not callable
+        (b"N.", 0, [], [], {}, 10, 1, 1, 1, 1, None, None, object()),  # not a type
     ]:
         with pytest.raises((TypeError, ValueError)):
             FAST(*args)
@@ -358,15 +515,18 @@ def test_run_refuses_wrong_argument_types():
 
 def test_run_stops_at_the_first_opcode_it_does_not_run():
     stack: list = []
-    pos, done, new, failed = FAST(b"NNK\x05c", 0, stack, [], {}, 100, 10, 10, 10, 10)
+    pos, done, new, failed = FAST(b"NNK\x05c", 0, stack, [], {}, 100, 10, 10, 10, 10, *_NO_CALLS)
     assert (pos, done, new, failed) == (4, 3, [None, None, 5], None) and new is stack
     # the budget: two opcodes, then back
-    assert FAST(b"NNN", 0, [], [], {}, 2, 10, 10, 10, 10)[:2] == (2, 2)
+    assert FAST(b"NNN", 0, [], [], {}, 2, 10, 10, 10, 10, *_NO_CALLS)[:2] == (2, 2)
     # past the end, or at it: nothing run
-    assert FAST(b"N", 1, [], [], {}, 5, 10, 10, 10, 10)[:2] == (1, 0)
-    assert FAST(b"N", 2**62, [], [], {}, 5, 10, 10, 10, 10)[:2] == (2**62, 0)
+    assert FAST(b"N", 1, [], [], {}, 5, 10, 10, 10, 10, *_NO_CALLS)[:2] == (1, 0)
+    assert FAST(b"N", 2**62, [], [], {}, 5, 10, 10, 10, 10, *_NO_CALLS)[:2] == (2**62, 0)
     # a huge bound is "no bound"
-    assert FAST(b"N", 0, [], [], {}, 2**80, 2**80, 2**80, 2**80, 2**80)[:2] == (1, 1)
+    assert FAST(b"N", 0, [], [], {}, 2**80, 2**80, 2**80, 2**80, 2**80, *_NO_CALLS)[:2] == (1, 1)
+    # with no persistent_load and no entry type, BINPERSID and REDUCE go back
+    assert FAST(b"NQ", 0, [], [], {}, 5, 10, 10, 10, 10, *_NO_CALLS)[:2] == (1, 1)
+    assert FAST(b"N)R", 0, [], [], {}, 5, 10, 10, 10, 10, *_NO_CALLS)[:2] == (2, 2)
 
 
 # --- the adversarial corpus, both ways ----------------------------------------------------
