@@ -111,3 +111,110 @@ def test_a_checkpoint_read_in_parallel_loads_the_same(tmp_path, parallel):
     got = safeload.load(path)
     for key, value in state.items():
         assert np.array_equal(got[key], value.numpy())
+
+
+# --- the spare: a freed buffer kept for the next load ------------------------------------
+
+needs_madv_free = pytest.mark.skipif(not source_mod._Spare.usable, reason="no MADV_FREE here")
+
+
+@pytest.fixture
+def spare(monkeypatch, parallel):
+    """A fresh spare slot, used from 1 KiB on."""
+    monkeypatch.setattr(source_mod, "_REUSE_FROM", 1 << 10)
+    slot = source_mod._Spare()
+    monkeypatch.setattr(source_mod, "_SPARE", slot)
+    yield slot
+    slot.drop()
+
+
+def _mapping_of(src: Source):
+    array = src._buffer.obj  # the views' exporter: the array over the mapping
+    base = array.base
+    return base.obj if isinstance(base, memoryview) else base
+
+
+@needs_madv_free
+def test_a_freed_buffer_is_kept_and_used_by_the_next_load(tmp_path, spare):
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(_payload(100_000))
+    b.write_bytes(data := _payload(99_999))
+    src = Source.open(a)
+    first = _mapping_of(src)
+    view = src.view(10, 20)
+    del src
+    assert spare._kept is None  # a view is still alive
+    del view
+    assert spare._kept is first
+    src = Source.open(b)
+    assert spare._kept is None and _mapping_of(src) is first
+    assert bytes(src.view(0, src.size)) == data
+
+
+@needs_madv_free
+def test_a_live_array_keeps_its_bytes_through_later_loads(tmp_path, spare):
+    torch = pytest.importorskip("torch")
+    import safeload.torch as safeload_torch
+
+    one, two = tmp_path / "one.pt", tmp_path / "two.pt"
+    torch.save({"w": torch.arange(40_000, dtype=torch.float32)}, one)
+    torch.save({"w": -torch.arange(40_000, dtype=torch.float32)}, two)
+    kept = safeload.load(one)["w"]  # the rest of the load is dropped
+    tensor = safeload_torch.load(one)["w"]  # a torch storage over the buffer
+    for _ in range(3):
+        loaded = safeload.load(two)
+        assert np.array_equal(loaded["w"], -np.arange(40_000, dtype=np.float32))
+        del loaded
+    assert np.array_equal(kept, np.arange(40_000, dtype=np.float32))
+    assert torch.equal(tensor, torch.arange(40_000, dtype=torch.float32))
+
+
+@needs_madv_free
+def test_a_reused_buffer_shows_only_the_new_file(tmp_path, spare):
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(_payload(100_000))
+    b.write_bytes(data := _payload(85_000))  # within 4/5 of the spare: reused
+    del_src = Source.open(a)
+    first = _mapping_of(del_src)
+    del del_src
+    src = Source.open(b)
+    assert _mapping_of(src) is first and src.size == 85_000
+    assert bytes(src.view(0, src.size)) == data
+    with pytest.raises(safeload.FormatError):
+        src.view(0, 85_001)
+
+
+@needs_madv_free
+@pytest.mark.parametrize("other", [79_999, 200_000])
+def test_a_spare_of_another_size_is_unmapped(tmp_path, spare, other):
+    import weakref
+
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(_payload(100_000))
+    b.write_bytes(data := _payload(other))
+    src = Source.open(a)
+    first = _mapping_of(src)
+    del src
+    assert spare._kept is first
+    src = Source.open(b)
+    assert spare._kept is None and _mapping_of(src) is not first
+    assert bytes(src.view(0, src.size)) == data
+    gone = weakref.ref(first)
+    del first
+    assert gone() is None  # unmapped
+
+
+def test_without_madv_free_nothing_is_kept(tmp_path, spare, monkeypatch):
+    import mmap
+    import types
+
+    no_free = types.SimpleNamespace(**{k: getattr(mmap, k) for k in dir(mmap)
+                                       if not k.startswith("__")})
+    no_free.MADV_FREE = 0x7FFF  # refused by the kernel: EINVAL
+    monkeypatch.setattr(source_mod, "_mmap", no_free)
+    path = tmp_path / "a.bin"
+    path.write_bytes(_payload(100_000))
+    src = Source.open(path)
+    assert isinstance(src._buffer.obj, np.ndarray)  # it took the spare's path
+    del src
+    assert spare._kept is None

@@ -1,8 +1,9 @@
 """The input bytes, as one bounded buffer.
 
 Strategy: whatever the caller passes (path, PathLike, binary file object, bytes),
-safeload holds the file's bytes as one buffer: a bytearray filled by a single
-read, or a read-only / copy-on-write mmap. Every later stage asks for
+safeload holds the file's bytes as one buffer: a buffer filled by a single
+read (a big file's by several threads, into memory a finished load may have
+freed: ``_Spare``), or a read-only / copy-on-write mmap. Every later stage asks for
 ``view(offset, size)`` and gets a zero-copy memoryview that is checked to lie
 inside the buffer. Nothing is ever read twice, and nothing outside the file
 can be reached.
@@ -203,7 +204,8 @@ def _read_parallel(fd: int, view: memoryview, start: int, size: int) -> int:
 
 
 def _new_buffer(size: int, *, parallel: bool = False):
-    """A writable, zeroed buffer of ``size`` bytes for the one read.
+    """A writable buffer of ``size`` bytes for the one read (zeroed, or
+    holding bytes of an earlier load, which the read overwrites).
 
     A large one is a private anonymous mapping. For a read by one thread it is
     made with MAP_POPULATE: the kernel maps every page in one call, where
@@ -215,18 +217,96 @@ def _new_buffer(size: int, *, parallel: bool = False):
     (MADV_HUGEPAGE) were measured and are not used: on this VM, memory the
     process has not touched before costs more as huge pages (fresh 1 GiB:
     460-1300 ms), though memory it just freed is cheaper (~115 ms).
-    Either way the memory is private to this load and freed with the last
-    array over it.
+
+    From ``_REUSE_FROM`` bytes the mapping is kept for the next load once the
+    last array over it is gone (``_Spare``): the read into pages that are
+    already mapped is a copy and no page fault (1 GiB: ~90 ms instead of
+    ~300), which is how a process that loads checkpoints one after another
+    (an evaluation loop) gets torch's speed, whose allocator does the same.
     """
     if size >= _POPULATE_FROM and hasattr(_mmap, "MAP_ANONYMOUS"):
-        flags = _mmap.MAP_PRIVATE | _mmap.MAP_ANONYMOUS
-        if not parallel:
-            flags |= getattr(_mmap, "MAP_POPULATE", 0)  # Linux only
+        if size >= _REUSE_FROM and _SPARE.usable:
+            return _SPARE.buffer(size, parallel=parallel)
         try:
-            return _mmap.mmap(-1, size, flags=flags)
+            return _anonymous(size, populate=not parallel)
         except (OSError, ValueError):
             pass  # no mapping to be had: the plain buffer below
     return bytearray(size)
+
+
+def _anonymous(size: int, *, populate: bool) -> _mmap.mmap:
+    flags = _mmap.MAP_PRIVATE | _mmap.MAP_ANONYMOUS
+    if populate:
+        flags |= getattr(_mmap, "MAP_POPULATE", 0)  # Linux only
+    return _mmap.mmap(-1, size, flags=flags)
+
+
+#: copy buffers from this size on are kept for reuse (see _new_buffer)
+_REUSE_FROM = PARALLEL_FROM
+
+
+class _Spare:
+    """At most one mapping that a finished load freed, kept for the next.
+
+    Safety: a mapping becomes the spare only when nothing can read it any
+    more. Every view of a load's buffer -- the Source's, each array's, each
+    torch storage's -- holds the buffer protocol of one numpy array made over
+    the mapping here, so a finalizer on that array runs exactly when the last
+    of them is released. Then the pages are marked MADV_FREE: the kernel takes
+    them back whenever it needs memory (no swap), and until then a write to
+    one keeps it. A later load reads its file over the start of the mapping
+    and sees only those bytes (Source's views stop at the file's size). A
+    spare is used for a file of its size down to 4/5 of it; any other big load
+    drops it, so no more than one file's worth is ever held. Where MADV_FREE
+    is missing (not Linux, an old kernel) nothing is kept. A dropped mapping
+    is unmapped by its last reference going, not by close(): the array's own
+    view of it is released only after the finalizer has run.
+    """
+
+    usable = hasattr(_mmap, "MADV_FREE") and hasattr(_mmap.mmap, "madvise")
+
+    def __init__(self) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+        self._kept: _mmap.mmap | None = None
+
+    def buffer(self, size: int, *, parallel: bool):
+        import weakref
+
+        import numpy as np
+
+        mapping = self._take(size)
+        if mapping is None:
+            mapping = _anonymous(size, populate=not parallel)
+        owner = np.frombuffer(mapping, np.uint8, count=size)  # the one exporter
+        weakref.finalize(owner, self._keep, mapping).atexit = False
+        return owner
+
+    def _take(self, size: int) -> _mmap.mmap | None:
+        with self._lock:
+            mapping, self._kept = self._kept, None
+        if mapping is not None and not size <= len(mapping) <= size + size // 4:
+            mapping = None  # another size: unmapped here (the last reference)
+        return mapping
+
+    def _keep(self, mapping: _mmap.mmap) -> None:
+        # Runs as the array dies, before it lets go of its buffer view (so the
+        # mapping cannot be closed here; dropping the reference unmaps it).
+        try:
+            mapping.madvise(_mmap.MADV_FREE)
+        except (OSError, ValueError):
+            return
+        with self._lock:
+            self._kept = mapping  # the one held before, if any, is unmapped
+
+    def drop(self) -> None:
+        """Unmap the spare now (tests; a caller that wants the memory back)."""
+        with self._lock:
+            self._kept = None
+
+
+_SPARE = _Spare()
 
 
 def _seekable(fh) -> bool:
