@@ -186,6 +186,18 @@ set_top(PyObject *stack, PyObject *value)
     return PyList_SetItem(stack, n - 1, value);  /* the old top may run __del__ */
 }
 
+/* The Python VM's self.stack is, at every moment, the stack its opcodes
+   work on, and Python code run in the middle of an opcode (the __del__ of a
+   value it drops) may use it. So whenever this loop switches stacks (MARK,
+   and the MARK popped by TUPLE / SETITEMS / APPENDS), vm.stack follows: a
+   __del__ sees the stack the Python handler would have left it. (No vm: the
+   tests' bare calls.) */
+static int
+show(PyObject *vm, PyObject *stack)
+{
+    return vm == Py_None ? 0 : PyObject_SetAttr(vm, s_stack, stack);
+}
+
 /* Before a call into a Python handler: the VM's state as its dispatch leaves
    it for the handler (vm.op_offset = the opcode's offset; vm.stack = the
    stack this loop works on, which a MARK may have replaced since the call) */
@@ -424,6 +436,8 @@ run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             }
             Py_DECREF(stack);  /* metastack holds it now */
             stack = fresh;
+            if (show(vm, stack) < 0)
+                goto error;
             break;
         }
         case OP_TUPLE:
@@ -462,9 +476,11 @@ run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             }
             PyObject *items = stack;
             stack = below;
-            rc = 0;
             Py_XINCREF(target);
-            if (buf[pos] == OP_SETITEMS) {
+            rc = show(vm, stack);  /* as _pop_mark leaves it, before any __del__ */
+            if (rc < 0) {
+                /* the MARK is popped: the opcode is half done */
+            } else if (buf[pos] == OP_SETITEMS) {
                 /* the size and key types again at each pair: a __del__ run by
                    the previous pair may have changed the items */
                 for (Py_ssize_t i = 0; i + 1 < PyList_GET_SIZE(items); i += 2) {
@@ -499,15 +515,20 @@ run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             PyObject *key = PyList_GET_ITEM(stack, n - 2);
             if (!IS_MAPPING(target) || !PyUnicode_CheckExact(key))
                 goto done;
-            /* held: the replaced value's __del__ may change the stack */
+            /* as the handler: pop value and key, then insert, so that the
+               replaced value's __del__ sees the stack it would see there.
+               All three held across the pop and the insert */
+            PyObject *value = PyList_GET_ITEM(stack, n - 1);
             Py_INCREF(target);
-            rc = set_item(target, key, PyList_GET_ITEM(stack, n - 1));
+            Py_INCREF(key);
+            Py_INCREF(value);
+            rc = PyList_SetSlice(stack, n - 2, n, NULL);
+            if (rc == 0)
+                rc = set_item(target, key, value);
             Py_DECREF(target);
+            Py_DECREF(key);
+            Py_DECREF(value);
             if (rc < 0)
-                goto error;
-            /* the key and value: the stack's last two, unless that __del__
-               changed it (a slice past the end deletes less, never more) */
-            if (PyList_SetSlice(stack, n - 2, n, NULL) < 0)
                 goto error;
             break;
         }

@@ -419,6 +419,51 @@ def test_scan_reports_are_the_same_both_ways(tmp_path):
         assert got["findings"] and got == report(path, None, **kwargs)
 
 
+class _Popper:
+    """An allowed class whose __del__ pops the VM's stack: it sees the stack
+    the running opcode has left so far, which must be the Python handler's."""
+
+    def __del__(self):
+        frame = sys._getframe(1)
+        while frame is not None:
+            vm = frame.f_locals.get("self")
+            if isinstance(vm, unpickler.Unpickler):
+                if vm.stack:
+                    vm.stack.pop()
+                return
+            frame = frame.f_back
+
+
+_ALLOW_MEDDLERS = {f"{__name__}._Meddler": _Meddler, f"{__name__}._Popper": _Popper}
+
+
+def _made(name: str) -> bytes:
+    return b"c" + __name__.encode() + b"\n" + name.encode() + b"\n" + op("EMPTY_TUPLE") + op("REDUCE")
+
+
+@pytest.mark.parametrize("target", [op("EMPTY_DICT"), _HOOKS], ids=["dict", "OrderedDict"])
+@pytest.mark.parametrize("inside", ["tensor", "global"])
+@pytest.mark.parametrize("name", ["_Meddler", "_Popper"])
+def test_a_dropped_values_del_sees_the_stack_the_python_vm_has(target, inside, name):
+    # d["a"] = X(); MARK "a" <a tensor or an OrderedDict> SETITEMS: the insert
+    # drops X, whose __del__ works on vm.stack. The Python VM has popped the
+    # MARK by then (vm.stack is d's stack); the compiled loop must show the
+    # same stack, though it ran the MARK and the calls inside it itself
+    value = _tensor() if inside == "tensor" else _HOOKS
+    body = (target + op("SHORT_BINUNICODE", "a") + _made(name) + op("SETITEM")
+            + op("MARK") + op("SHORT_BINUNICODE", "a") + value + op("SETITEMS") + op("STOP"))
+    assert_same(torch_zip(_P + body, _STORAGES), allow=_ALLOW_MEDDLERS)
+
+
+@pytest.mark.parametrize("target", [op("EMPTY_DICT"), _HOOKS], ids=["dict", "OrderedDict"])
+def test_a_dropped_values_del_in_setitem_sees_key_and_value_popped(target):
+    # SETITEM pops value and key before it inserts: a __del__ run by the
+    # insert that pops the stack pops the dict, both ways
+    body = (target + op("SHORT_BINUNICODE", "a") + _made("_Popper") + op("SETITEM")
+            + op("SHORT_BINUNICODE", "a") + op("NONE") + op("SETITEM") + op("STOP"))
+    assert_same(_P + body, allow=_ALLOW_MEDDLERS)
+
+
 def _recording(name: str, seen: list, *, replace_stack: bool = False):
     """Wrap allowlist entry ``name``'s reduce: it notes what the VM shows it."""
     from safeload import allowlist
