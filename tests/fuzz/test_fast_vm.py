@@ -533,6 +533,28 @@ def test_only_a_policy_whose_call_is_the_allowlists_gets_direct_calls():
     assert direct(object()) is None
 
 
+def test_a_patched_policy_call_is_not_bypassed(monkeypatch):
+    # Policy.call replaced on the class (an audit hook, a test's monkeypatch):
+    # every REDUCE on an allowlist entry must still go through it
+    from safeload.allowlist import Policy
+
+    seen: list = []
+    real = Policy.call
+
+    def audited(self, vm, func, args, kwargs, opname):
+        seen.append((opname, repr(func)))
+        return real(self, vm, func, args, kwargs, opname)
+
+    monkeypatch.setattr(Policy, "call", audited)
+    data = torch_zip(_P + _tensor() + op("STOP"), _STORAGES)
+    calls = []
+    for fast in (FAST, None):
+        seen.clear()
+        assert _load(data, fast)[0] == "value"
+        calls.append(list(seen))
+    assert calls[0] == calls[1] and len(calls[1]) == 2
+
+
 # --- the entry point itself ---------------------------------------------------------------
 
 
