@@ -233,3 +233,19 @@ def test_without_madv_free_nothing_is_kept(tmp_path, spare, monkeypatch):
     assert isinstance(src._buffer.obj, np.ndarray)  # it took the spare's path
     del src
     assert spare._kept is None
+
+
+@needs_madv_free
+def test_a_big_file_is_read_into_a_plain_buffer_when_no_mapping_can_be_had(tmp_path, spare,
+                                                                            monkeypatch):
+    # as for every file of _POPULATE_FROM bytes or more: a failed mmap (ENOMEM,
+    # vm.max_map_count reached) falls back to a bytearray, it does not fail the load
+    def no_mapping(size, *, populate):
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(source_mod, "_anonymous", no_mapping)
+    path = tmp_path / "a.bin"
+    path.write_bytes(data := _payload(100_000))
+    src = Source.open(path)
+    assert bytes(src.view(0, src.size)) == data
+    assert spare._kept is None

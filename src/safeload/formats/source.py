@@ -225,9 +225,9 @@ def _new_buffer(size: int, *, parallel: bool = False):
     (an evaluation loop) gets torch's speed, whose allocator does the same.
     """
     if size >= _POPULATE_FROM and hasattr(_mmap, "MAP_ANONYMOUS"):
-        if size >= _REUSE_FROM and _SPARE.usable:
-            return _SPARE.buffer(size, parallel=parallel)
         try:
+            if size >= _REUSE_FROM and _SPARE.usable:
+                return _SPARE.buffer(size, parallel=parallel)
             return _anonymous(size, populate=not parallel)
         except (OSError, ValueError):
             pass  # no mapping to be had: the plain buffer below
