@@ -438,7 +438,8 @@ _ALLOW_MEDDLERS = {f"{__name__}._Meddler": _Meddler, f"{__name__}._Popper": _Pop
 
 
 def _made(name: str) -> bytes:
-    return b"c" + __name__.encode() + b"\n" + name.encode() + b"\n" + op("EMPTY_TUPLE") + op("REDUCE")
+    return (b"c" + __name__.encode() + b"\n" + name.encode() + b"\n" + op("EMPTY_TUPLE")
+            + op("REDUCE"))
 
 
 @pytest.mark.parametrize("target", [op("EMPTY_DICT"), _HOOKS], ids=["dict", "OrderedDict"])
