@@ -622,7 +622,9 @@ def test_local_header_offset_outside_the_file_is_refused():
     data = torch_like()
     at = central(data, "archive/data/0")
     err = refused(patch(data, (at + 42, "I", len(data) + 100)), "past the records")
-    assert err.member == "archive/data/0"
+    # located at the central entry that names it: an offset inside the file
+    assert (err.member, err.offset) == ("archive/data/0", at)
+    assert f"at byte {len(data) + 100}" in str(err)
 
 
 def test_overlapping_records_are_refused():

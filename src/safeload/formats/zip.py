@@ -428,8 +428,10 @@ class TorchZip:
             # The local header: torch (miniz) reads the central directory, so
             # the local copy must say the same thing to every other reader.
             if header + 30 > offset:
-                _fail(source, f"the local header of {name!r} is past the records",
-                      header, name)
+                # located at this central entry: the header offset may lie
+                # past the end of the file
+                _fail(source, f"the local header of {name!r} at byte {header} is past "
+                      "the records", where, name)
             (signature, _, local_flags, local_method, _, _, local_crc, local_compressed,
              local_size, name_length, extra_length) = unpack_local(buffer, header)
             data = header + 30 + name_length + extra_length
