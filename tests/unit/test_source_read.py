@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import time
 
 import numpy as np
 import pytest
@@ -249,3 +250,35 @@ def test_a_big_file_is_read_into_a_plain_buffer_when_no_mapping_can_be_had(tmp_p
     src = Source.open(path)
     assert bytes(src.view(0, src.size)) == data
     assert spare._kept is None
+
+
+@needs_madv_free
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_forked_child_reads_its_own_file_over_the_inherited_spare(tmp_path, spare):
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(_payload(100_000))
+    b.write_bytes(data := _payload(99_000))
+    src = Source.open(a)
+    first = _mapping_of(src)
+    del src
+    assert spare._kept is first
+    pid = os.fork()
+    if pid == 0:  # the child: takes the copy-on-write spare it inherited
+        ok = False
+        try:
+            got = Source.open(b)
+            ok = _mapping_of(got) is first and bytes(got.view(0, got.size)) == data
+        finally:
+            os._exit(0 if ok else 1)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung on its load")
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert spare._kept is first  # the parent's spare is its own

@@ -266,10 +266,14 @@ class _Spare:
     usable = hasattr(_mmap, "MADV_FREE") and hasattr(_mmap.mmap, "madvise")
 
     def __init__(self) -> None:
-        import threading
+        # One slot, changed only by single list operations (pop, slice
+        # assignment, clear), each atomic under the GIL: no lock that a fork
+        # could leave held in the child.
+        self._slot: list[_mmap.mmap] = []
 
-        self._lock = threading.Lock()
-        self._kept: _mmap.mmap | None = None
+    @property
+    def _kept(self) -> _mmap.mmap | None:
+        return self._slot[0] if self._slot else None
 
     def buffer(self, size: int, *, parallel: bool):
         import weakref
@@ -284,10 +288,12 @@ class _Spare:
         return owner
 
     def _take(self, size: int) -> _mmap.mmap | None:
-        with self._lock:
-            mapping, self._kept = self._kept, None
-        if mapping is not None and not size <= len(mapping) <= size + size // 4:
-            mapping = None  # another size: unmapped here (the last reference)
+        try:
+            mapping = self._slot.pop()
+        except IndexError:
+            return None
+        if not size <= len(mapping) <= size + size // 4:
+            return None  # another size: unmapped here (the last reference)
         return mapping
 
     def _keep(self, mapping: _mmap.mmap) -> None:
@@ -297,13 +303,11 @@ class _Spare:
             mapping.madvise(_mmap.MADV_FREE)
         except (OSError, ValueError):
             return
-        with self._lock:
-            self._kept = mapping  # the one held before, if any, is unmapped
+        self._slot[:] = [mapping]  # the one held before, if any, is unmapped
 
     def drop(self) -> None:
         """Unmap the spare now (tests; a caller that wants the memory back)."""
-        with self._lock:
-            self._kept = None
+        self._slot.clear()
 
 
 _SPARE = _Spare()
