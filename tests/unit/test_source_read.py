@@ -135,6 +135,19 @@ def _mapping_of(src: Source):
     return base.obj if isinstance(base, memoryview) else base
 
 
+def _spare_and_next(tmp_path, spare, next_size: int):
+    """Load a 100 000-byte file and drop it (its mapping becomes the spare);
+    return that mapping, and the path and bytes of a next file."""
+    first_path, next_path = tmp_path / "a.bin", tmp_path / "b.bin"
+    first_path.write_bytes(_payload(100_000))
+    next_path.write_bytes(data := _payload(next_size))
+    src = Source.open(first_path)
+    first = _mapping_of(src)
+    del src
+    assert spare._kept is first
+    return first, next_path, data
+
+
 @needs_madv_free
 def test_a_freed_buffer_is_kept_and_used_by_the_next_load(tmp_path, spare):
     a, b = tmp_path / "a.bin", tmp_path / "b.bin"
@@ -187,12 +200,7 @@ def test_a_live_torch_tensor_keeps_its_bytes_through_later_loads(tmp_path, spare
 
 @needs_madv_free
 def test_a_reused_buffer_shows_only_the_new_file(tmp_path, spare):
-    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
-    a.write_bytes(_payload(100_000))
-    b.write_bytes(data := _payload(85_000))  # within 4/5 of the spare: reused
-    del_src = Source.open(a)
-    first = _mapping_of(del_src)
-    del del_src
+    first, b, data = _spare_and_next(tmp_path, spare, 85_000)  # within 4/5: reused
     src = Source.open(b)
     assert _mapping_of(src) is first and src.size == 85_000
     assert bytes(src.view(0, src.size)) == data
@@ -205,13 +213,7 @@ def test_a_reused_buffer_shows_only_the_new_file(tmp_path, spare):
 def test_a_spare_of_another_size_is_unmapped(tmp_path, spare, other):
     import weakref
 
-    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
-    a.write_bytes(_payload(100_000))
-    b.write_bytes(data := _payload(other))
-    src = Source.open(a)
-    first = _mapping_of(src)
-    del src
-    assert spare._kept is first
+    first, b, data = _spare_and_next(tmp_path, spare, other)
     src = Source.open(b)
     assert spare._kept is None and _mapping_of(src) is not first
     assert bytes(src.view(0, src.size)) == data
@@ -255,13 +257,7 @@ def test_a_big_file_is_read_into_a_plain_buffer_when_no_mapping_can_be_had(tmp_p
 @needs_madv_free
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
 def test_a_forked_child_reads_its_own_file_over_the_inherited_spare(tmp_path, spare):
-    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
-    a.write_bytes(_payload(100_000))
-    b.write_bytes(data := _payload(99_000))
-    src = Source.open(a)
-    first = _mapping_of(src)
-    del src
-    assert spare._kept is first
+    first, b, data = _spare_and_next(tmp_path, spare, 99_000)
     pid = os.fork()
     if pid == 0:  # the child: takes the copy-on-write spare it inherited
         ok = False
