@@ -209,7 +209,7 @@ expose(PyObject *vm, PyObject *stack, Py_ssize_t pos)
         return -1;
     int rc = PyObject_SetAttr(vm, s_op_offset, at);
     Py_DECREF(at);
-    return rc < 0 ? -1 : PyObject_SetAttr(vm, s_stack, stack);
+    return rc < 0 ? -1 : show(vm, stack);
 }
 
 /* After it: the Python loop takes vm.stack afresh for the next opcode. If the

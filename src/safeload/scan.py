@@ -1025,8 +1025,8 @@ class _FileScanner:
         locates the finding (None: the compressed byte where inflation stopped)."""
         budget, bound, what = self._inflate_budget(len(view))
         result = _inflate_streams(_DECOMPRESSORS[kind], view, budget, magic)
-        self._inflated += len(result.data)
         inflated = len(result.data)
+        self._inflated += inflated
         if offset is None:  # where in the compressed data inflation stopped
             offset = result.consumed
         if result.problem == "budget":

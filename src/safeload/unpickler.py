@@ -14,9 +14,10 @@ a ``Builder`` (rebuild stage) turns into arrays, tensors or keeps inert.
 
 Where it is built, ``_vmfast.run`` (C) runs stretches of the hot pure-data
 opcodes (memo, MARK, TUPLE*, ints, floats, strings, empty and exact builtin
-containers) on this VM's own stack, metastack and memo, and returns at the
-first opcode it is not sure of, unrun: everything that decides, refuses or
-raises stays in the handlers below (``FAST_RUN``; SECURITY.md).
+containers) on this VM's own stack, metastack and memo, calls persistent_load
+and allowlist entries' reduce for BINPERSID and REDUCE itself, and returns at
+the first opcode it is not sure of, unrun: everything that decides, refuses or
+raises stays in the handlers (``FAST_RUN``; SECURITY.md).
 
 In analysis mode (``on_finding`` given), the VM does not stop at a global or
 call outside the allowlist: it reports it, pushes an ``Opaque`` placeholder and
@@ -263,8 +264,9 @@ class Unpickler:
                         ops += done
                         start = pos
                         if failed is not None:
-                            # an opcode it ran failed (out of memory): located
-                            # at that opcode, as its handler's error would be
+                            # an opcode it ran failed (out of memory, or a
+                            # handler it called raised): located at that
+                            # opcode, as its handler's error would be
                             raise failed
                         pos = dispatch[data[pos]](pos + 1)
                         ops += 1
