@@ -32,9 +32,13 @@ def resolve_policy(policy: Policy | None, allow, records=None) -> Policy:
 
 
 def run_pickle(ckpt: Checkpoint, builder, *, policy: Policy, limits: Limits,
-               encoding: str = "utf-8", on_finding=None) -> object:
+               encoding: str = "utf-8", on_finding=None, bare: bool = True) -> object:
     """Run the checkpoint's pickles through the VM with ``builder``: the main
-    pickle for most containers, none or several for numpy files (``assemble``)."""
+    pickle for most containers, none or several for numpy files (``assemble``).
+
+    ``bare=False`` leaves storages saved by themselves as the ``LoadedStorage``
+    the VM pushed (no ``bare_storages`` walk): for a caller that never looks
+    at the value, such as a scan without ``--explain``. The walk checks nothing."""
     tensors: dict[str, object] = {}  # pre-0.4 tensors named by id: one per key
 
     def storage(target) -> LoadedStorage:
@@ -83,7 +87,8 @@ def run_pickle(ckpt: Checkpoint, builder, *, policy: Policy, limits: Limits,
         )
         return vm.load(allow_trailing=stream.allow_trailing)
 
-    return bare_storages(ckpt.assemble(run), builder)
+    result = ckpt.assemble(run)
+    return bare_storages(result, builder) if bare else result
 
 
 #: what the walk for bare storages descends into: every container the VM

@@ -865,8 +865,10 @@ class _FileScanner:
         before = len(self.report.findings)
         failure = result = None
         try:
+            # the value is only shown by --explain: without it, no walk for bare storages
             result = run_pickle(ckpt, builder, policy=analysis, limits=self.limits,
-                                on_finding=self._on_refusal(analysis, prefix))
+                                on_finding=self._on_refusal(analysis, prefix),
+                                bare=self.explain)
         except SafeloadError as err:
             self.add_error(err, prefix)
             failure = err

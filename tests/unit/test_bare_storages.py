@@ -289,3 +289,27 @@ def test_objects_admitted_with_allow_receive_public_storages(tmp_path, fmt):
     for value in (arrays.storage, arrays.extra["again"][0], arrays.state[0]):
         assert type(value) is np.ndarray and value.dtype == np.float32
         assert value.tobytes() == tensor.numpy().tobytes()
+
+
+def test_the_scanner_walks_for_bare_storages_only_when_it_shows_the_value(tmp_path,
+                                                                          monkeypatch):
+    # The walk checks nothing; the scan's value is only shown by --explain. A
+    # walk that fails must not change a plain scan's verdict, and --explain
+    # still walks (its listing names storages as records, not LoadedStorage).
+    import safeload.loader as loader
+    from safeload.scan import scan_file
+
+    t = _values(torch.float32)
+    path = tmp_path / "storage.pt"
+    path.write_bytes(_save({"s": _typed(t), "t": t[1:]}, "zip"))
+    walked = []
+
+    def failing_walk(result, builder):
+        walked.append(type(builder).__name__)
+        raise RuntimeError("walked")
+
+    monkeypatch.setattr(loader, "bare_storages", failing_walk)
+    report = scan_file(path)
+    assert (report.verdict, report.findings, walked) == ("clean", [], [])
+    assert scan_file(path, explain=True).verdict == "error"  # the walk's failure, reported
+    assert walked == ["ScanBuilder"]
