@@ -557,6 +557,8 @@ def _encode(vm, args):
 
 
 def _ordered_dict(vm, args):
+    if not args:  # once per tensor: torch's empty backward hooks
+        return OrderedDict()
     _arity(args, 0, 1, "OrderedDict")
     result = OrderedDict()
     if args:

@@ -19,6 +19,7 @@ import pytest
 from safeload.allowlist import (
     DEFAULT_POLICY,
     LoadedStorage,
+    _ordered_dict,
     _rebuild_tensor_v2,
     storage_ref_from_pid,
 )
@@ -188,3 +189,17 @@ def test_rebuild_tensor_v2_arity_and_storage_type():
         _rebuild_tensor_v2(vm, (("storage", F32, "0", "cpu", 16), 0, (1,), (1,), False, None))
     with pytest.raises(SafeloadError):  # metadata that is not a conj / neg flag
         _tensor((0, (4,), (1,), False, None), ({"x": True},))
+
+
+# -- OrderedDict(): no arguments, as torch's empty backward hooks ----------------------
+
+
+def test_ordered_dict_without_arguments_is_a_fresh_empty_one_and_with_them_checked():
+    vm = _vm()
+    vm.check_key = lambda key, container: None
+    first, second = _ordered_dict(vm, ()), _ordered_dict(vm, ())
+    assert type(first) is collections.OrderedDict and first == {} and first is not second
+    assert _ordered_dict(vm, ([("a", 1), ("b", 2)],)) == {"a": 1, "b": 2}
+    for args in [(1, 2), ("ab",), ([("a",)],), ([1, 2],)]:
+        with pytest.raises(SafeloadError):
+            _ordered_dict(vm, args)

@@ -303,6 +303,23 @@ def test_missing_storage_record_is_named():
             archive.storage(key)
 
 
+def test_storage_size_agrees_with_the_storage_view_for_every_key():
+    # storage_size has an inlined lookup for torch's keys: it must say what
+    # len(storage(key)) says, and refuse what storage() refuses, as storage() does
+    archive = open_bytes(torch_like({"data/a.b": b"xyz", "data/x/y": b"12"}))
+    keys = ["0", "1", "a.b", "7", "x/y", "x", "../data.pkl", "", "0/../1", "\u0661", 0, None]
+    for key in keys:
+        try:
+            want = len(archive.storage(key))
+        except FormatError as err:
+            with pytest.raises(FormatError) as caught:
+                archive.storage_size(key)
+            assert (str(caught.value), caught.value.member) == (str(err), err.member)
+        else:
+            assert archive.storage_size(key) == want
+    assert [archive.storage_size(k) for k in ("0", "1", "a.b")] == [16, 4, 3]
+
+
 def test_reading_an_absent_record_is_a_format_error():
     with pytest.raises(FormatError, match="no record"):
         open_bytes(torch_like()).read("nothing")
