@@ -560,17 +560,16 @@ def _ordered_dict(vm, args):
     if not args:  # once per tensor: torch's empty backward hooks
         return OrderedDict()
     _arity(args, 0, 1, "OrderedDict")
+    items = args[0]
+    if type(items) not in (list, tuple):
+        _fail("OrderedDict() takes a list of pairs")
+    vm.charge(_DICT_ENTRY * len(items))
     result = OrderedDict()
-    if args:
-        items = args[0]
-        if type(items) not in (list, tuple):
+    for pair in items:
+        if type(pair) not in (list, tuple) or len(pair) != 2:
             _fail("OrderedDict() takes a list of pairs")
-        vm.charge(_DICT_ENTRY * len(items))
-        for pair in items:
-            if type(pair) not in (list, tuple) or len(pair) != 2:
-                _fail("OrderedDict() takes a list of pairs")
-            vm.check_key(pair[0], result)
-            result[pair[0]] = pair[1]
+        vm.check_key(pair[0], result)
+        result[pair[0]] = pair[1]
     return result
 
 
