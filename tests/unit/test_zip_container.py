@@ -304,7 +304,7 @@ def test_missing_storage_record_is_named():
 
 
 def test_storage_size_agrees_with_the_storage_view_for_every_key():
-    # storage_size has an inlined lookup for torch's keys: it must say what
+    # the scanner's size check uses storage_size, not storage(): it must say what
     # len(storage(key)) says, and refuse what storage() refuses, as storage() does
     archive = open_bytes(torch_like({"data/a.b": b"xyz", "data/x/y": b"12"}))
     keys = ["0", "1", "a.b", "7", "x/y", "x", "../data.pkl", "", "0/../1", "\u0661", 0, None]

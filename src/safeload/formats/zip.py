@@ -258,12 +258,7 @@ class TorchZip:
         """``len(self.storage(key))`` without making the view (the scanner
         checks sizes once per tensor); the record was checked to lie inside
         the file when the archive was opened."""
-        # once per tensor in a scan: _storage_span's test and lookup, inlined
-        if type(key) is str and key.isascii() and key.isalnum():
-            span = self._spans.get(f"{self.prefix}/data/{key}")
-            if span is not None:
-                return span[2]
-        return self._storage_span(key)[2]  # every other key: its checks and errors
+        return self._storage_span(key)[2]
 
     def _storage_span(self, key: str) -> tuple:
         span = None
