@@ -9,7 +9,7 @@ scanner and lazy open). Records hold only data: no callables, no imports.
 from __future__ import annotations
 
 import reprlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .dtypes import DType
 
@@ -39,18 +39,38 @@ class StorageType:
         return f"torch.{self.name}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class StorageRef:
     """A persistent id ``('storage', type, key, location, numel)``, validated."""
+
+    # declared here, not with slots=True: that makes a second class, whose
+    # frozen __setattr__ then fails with a TypeError for names not fields
+    __slots__ = ("key", "dtype", "location", "numel")
 
     key: str
     dtype: DType  # element type of the storage as saved (uint8 for untyped)
     location: str  # location tag as saved, e.g. "cpu", "cuda:1"
     numel: int  # elements of ``dtype``
 
+    def __init__(self, key: str, dtype: DType, location: str, numel: int) -> None:
+        # Once per storage. A frozen dataclass's own __init__ sets each field
+        # through object.__setattr__ (0.57 us); the slots' own setters take
+        # 0.35 us, and the instance stays frozen to everyone else.
+        _set_key(self, key)
+        _set_dtype(self, dtype)
+        _set_location(self, location)
+        _set_numel(self, numel)
+
     @property
     def nbytes(self) -> int:
         return self.numel * self.dtype.itemsize
+
+
+# the slot setters of StorageRef, bound once
+_set_key = StorageRef.key.__set__
+_set_dtype = StorageRef.dtype.__set__
+_set_location = StorageRef.location.__set__
+_set_numel = StorageRef.numel.__set__
 
 
 @dataclass(frozen=True)
@@ -68,12 +88,14 @@ class StorageView:
         return self.numel * self.storage.dtype.itemsize
 
 
-@dataclass
+@dataclass(slots=True)
 class TensorRecord:
     """Arguments of ``_rebuild_tensor*``, validated for type and sign.
 
     ``storage`` is whatever the builder returned for the StorageRef; ``offset``,
-    ``shape`` and ``stride`` count elements of ``dtype``.
+    ``shape`` and ``stride`` count elements of ``dtype``; ``metadata`` holds
+    torch's conj / neg bits when the file set any (None otherwise: one dict
+    fewer per tensor).
     """
 
     storage: object
@@ -84,7 +106,7 @@ class TensorRecord:
     stride: tuple[int, ...]
     requires_grad: bool = False
     is_parameter: bool = False
-    metadata: dict = field(default_factory=dict)
+    metadata: dict | None = None
 
     @property
     def numel(self) -> int:

@@ -29,7 +29,7 @@ from safeload.formats.base import PickleStream
 from safeload.limits import DEFAULT_LIMITS
 from safeload.loader import bare_storages, run_pickle
 from safeload.rebuild import HostBuilder
-from safeload.records import Size, StorageType
+from safeload.records import Size, StorageRef, StorageType, TensorRecord
 
 F32 = StorageType("FloatStorage", DTYPES["float32"])
 BYTES = bytearray(np.arange(16, dtype=np.float32).tobytes())
@@ -203,3 +203,32 @@ def test_ordered_dict_without_arguments_is_a_fresh_empty_one_and_with_them_check
     for args in [(1, 2), ("ab",), ([("a",)],), ([1, 2],)]:
         with pytest.raises(SafeloadError):
             _ordered_dict(vm, args)
+
+
+# -- records: StorageRef's own __init__, TensorRecord's slots --------------------------
+
+
+def test_storage_ref_is_a_frozen_value_with_its_own_init():
+    ref = storage_ref_from_pid(("storage", F32, "7", "cuda:1", 16))
+    assert (ref.key, ref.dtype, ref.location, ref.numel, ref.nbytes) == (
+        "7", DTYPES["float32"], "cuda:1", 16, 64)
+    twin = StorageRef("7", DTYPES["float32"], "cuda:1", 16)
+    assert ref == twin and hash(ref) == hash(twin) and len({ref, twin}) == 1
+    assert ref != StorageRef("7", DTYPES["float32"], "cuda:1", 15)
+    assert repr(ref).startswith("StorageRef(key='7', dtype=")
+    for field in ("key", "numel", "other"):  # no field changes, no attribute is added
+        with pytest.raises(AttributeError):
+            setattr(ref, field, 0)
+        with pytest.raises(AttributeError):
+            delattr(ref, field)
+    assert (ref.key, ref.numel) == ("7", 16)
+    with pytest.raises(TypeError):  # every field is required, as with the generated one
+        StorageRef("7", DTYPES["float32"], "cpu")
+
+
+def test_tensor_record_takes_no_stray_attributes_and_has_no_metadata_by_default():
+    ref = StorageRef("0", DTYPES["float32"], "cpu", 16)
+    rec = TensorRecord(ref, ref, ref.dtype, 0, (4,), (1,))
+    assert rec.metadata is None and rec.requires_grad is False
+    with pytest.raises(AttributeError):
+        rec.shap = (5,)  # a typo is an error, not a new attribute
