@@ -232,3 +232,13 @@ def test_tensor_record_takes_no_stray_attributes_and_has_no_metadata_by_default(
     assert rec.metadata is None and rec.requires_grad is False
     with pytest.raises(AttributeError):
         rec.shap = (5,)  # a typo is an error, not a new attribute
+
+
+def test_check_extent_refuses_a_record_whose_size_and_stride_differ_in_length():
+    # The handlers never build one; check_extent's zip (no strict=True, for
+    # speed) would stop at the shorter and size a (4, 1000) tensor as (4,).
+    ref = StorageRef("0", DTYPES["float32"], "cpu", 16)
+    builder = _builder()
+    builder.check_extent(TensorRecord(ref, ref, ref.dtype, 0, (4, 4), (4, 1)), 64)
+    with pytest.raises(SafeloadError, match="2 dimensions but stride has 1"):
+        builder.check_extent(TensorRecord(ref, ref, ref.dtype, 0, (4, 1000), (4,)), 64)
