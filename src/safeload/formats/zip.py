@@ -621,7 +621,8 @@ class TorchZip:
         # and "compressed record" would hide the real reason.
         top = self.prefix + "/"
         found = [top + n for n in ("constants.pkl", "bytecode.pkl") if top + n in spans]
-        found = found or [n for n in spans if n.startswith(top + "code/")][:1]
+        code = top + "code/"  # once, not once per record name
+        found = found or [n for n in spans if n.startswith(code)][:1]
         if found:
             name, _, _, _, header, _ = spans[found[0]]
             raise TorchScriptArchive(
