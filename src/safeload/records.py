@@ -61,6 +61,11 @@ class StorageRef:
         _set_location(self, location)
         _set_numel(self, numel)
 
+    def __reduce__(self):
+        # copy, deepcopy and pickle: through __init__, as the fields are frozen
+        # (the default for slots would set them with the refusing __setattr__)
+        return StorageRef, (self.key, self.dtype, self.location, self.numel)
+
     @property
     def nbytes(self) -> int:
         return self.numel * self.dtype.itemsize

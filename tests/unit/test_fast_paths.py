@@ -11,6 +11,8 @@ the same array or both refuse (the same error type where the checks are the same
 from __future__ import annotations
 
 import collections
+import copy
+import pickle
 from types import SimpleNamespace
 
 import numpy as np
@@ -224,6 +226,12 @@ def test_storage_ref_is_a_frozen_value_with_its_own_init():
     assert (ref.key, ref.numel) == ("7", 16)
     with pytest.raises(TypeError):  # every field is required, as with the generated one
         StorageRef("7", DTYPES["float32"], "cpu")
+    # copies and pickles as the plain frozen dataclass did (slots alone would
+    # restore the fields through the refusing __setattr__)
+    rec = TensorRecord(ref, ref, ref.dtype, 0, (4,), (1,))
+    for copier in (copy.copy, copy.deepcopy, lambda x: pickle.loads(pickle.dumps(x))):
+        assert copier(ref) == ref and type(copier(ref)) is StorageRef
+        assert copier(rec) == rec
 
 
 def test_tensor_record_takes_no_stray_attributes_and_has_no_metadata_by_default():
