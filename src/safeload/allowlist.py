@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from .danger import danger_of
 from .dtypes import DTYPES, STORAGE_TYPES, DType
 from .errors import MAX_NAME, FormatError, UnsafeGlobalError, printable, short_repr
+from .rebuild import required_elements
 from .records import (
     Device,
     GlobalRef,
@@ -95,13 +96,7 @@ class LoadedStorage:
         start, numel = self.view
         if dtype.itemsize != self.ref.dtype.itemsize:
             _fail(f"a {dtype.name} tensor on a {self.ref.dtype.name} storage view")
-        last = offset  # one past the last element the tensor reads, 0 when empty
-        for n, step in zip(shape, stride, strict=True):
-            if n == 0:
-                last = -1
-                break
-            last += (n - 1) * step
-        if last + 1 > numel:
+        if required_elements(offset, shape, stride) > numel:
             _fail(f"tensor of shape {shape}, stride {stride} at offset {offset} leaves "
                   f"its storage view of {numel} elements")
         return start + offset

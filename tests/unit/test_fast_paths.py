@@ -30,7 +30,7 @@ from safeload.errors import SafeloadError
 from safeload.formats.base import PickleStream
 from safeload.limits import DEFAULT_LIMITS
 from safeload.loader import bare_storages, run_pickle
-from safeload.rebuild import HostBuilder
+from safeload.rebuild import HostBuilder, required_elements
 from safeload.records import Size, StorageRef, StorageType, TensorRecord
 
 F32 = StorageType("FloatStorage", DTYPES["float32"])
@@ -250,3 +250,25 @@ def test_check_extent_refuses_a_record_whose_size_and_stride_differ_in_length():
     builder.check_extent(TensorRecord(ref, ref, ref.dtype, 0, (4, 4), (4, 1)), 64)
     with pytest.raises(SafeloadError, match="2 dimensions but stride has 1"):
         builder.check_extent(TensorRecord(ref, ref, ref.dtype, 0, (4, 1000), (4,)), 64)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_required_elements_is_one_past_the_last_element_a_view_reads(seed):
+    # The rule a legacy storage view is checked with (LoadedStorage.place), and
+    # check_extent's fused loop: against every element's index, enumerated.
+    rng = np.random.default_rng(seed)
+    for _ in range(300):
+        ndim = int(rng.integers(0, 4))
+        shape = tuple(int(n) for n in rng.integers(0, 4, ndim))
+        stride = tuple(int(s) for s in rng.integers(0, 6, ndim))
+        offset = int(rng.integers(0, 5))
+        indices = [offset + sum(i * s for i, s in zip(index, stride, strict=True))
+                   for index in np.ndindex(*shape)]
+        want = max(indices) + 1 if indices else 0
+        assert required_elements(offset, shape, stride) == want
+        ref = StorageRef("0", DTYPES["float32"], "cpu", 16)
+        rec = TensorRecord(ref, ref, ref.dtype, offset, shape, stride)
+        _builder().check_extent(rec, want * 4)  # exactly enough: accepted
+        if want:
+            with pytest.raises(SafeloadError, match="needs"):
+                _builder().check_extent(rec, want * 4 - 1)
